@@ -1,0 +1,2 @@
+//! Transports. (SKELETON)
+pub mod udp;

@@ -1,0 +1,83 @@
+//! The validated plan the runtime is built from.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use patchbay_plugin_api::osc::Pattern;
+
+use crate::channel::udp::UdpConfig;
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The config file, as given.
+    pub source: PathBuf,
+    /// Channels in file order; names are unique.
+    pub channels: Vec<ChannelPlan>,
+    /// Routes in file order; names are unique.
+    pub routes: Vec<RoutePlan>,
+    pub metrics: Option<MetricsPlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChannelPlan {
+    pub name: String,
+    pub kind: ChannelKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelKind {
+    Udp(UdpConfig),
+}
+
+impl ChannelKind {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            ChannelKind::Udp(_) => "udp",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutePlan {
+    pub name: String,
+    pub matcher: RouteMatch,
+    /// Source channels; `None` = any.
+    pub from: Option<Vec<String>>,
+    pub targets: Vec<TargetPlan>,
+    pub stop: bool,
+    /// Also match incoming address *patterns* against this route's literal address.
+    pub incoming_patterns: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteMatch {
+    Pattern(Pattern),
+    /// Gets what no route matched.
+    Unmatched,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPlan {
+    Forward { channel: String, rewrite: Option<Rewrite> },
+    /// Back to the message's origin, from the socket that received it.
+    Reply { rewrite: Option<Rewrite> },
+}
+
+/// A rewrite template such as `/lx/sub/$1`, split once at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    pub source: String,
+    pub parts: Vec<RewritePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RewritePart {
+    Literal(String),
+    /// `$N`, 1-based.
+    Capture(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsPlan {
+    pub listen: SocketAddr,
+}

@@ -1,0 +1,3 @@
+pub mod channel;
+pub mod config;
+pub mod tools;

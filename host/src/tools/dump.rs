@@ -1,0 +1,1 @@
+//! `patchbay dump`. (SKELETON)

@@ -1,0 +1,3 @@
+//! The hand tools behind `patchbay send` and `patchbay dump`. (SKELETON: the tools helper fills in.)
+pub mod dump;
+pub mod send;
