@@ -1,6 +1,10 @@
 //! The `udp` channel. (SKELETON: config struct is the contract.)
 
+use std::net::SocketAddr;
+
 use serde::Deserialize;
+
+use crate::config::NetRange;
 
 /// `kind: udp`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -8,15 +12,15 @@ use serde::Deserialize;
 pub struct UdpConfig {
     /// Always "udp"; kept so one entry deserializes as a whole.
     pub kind: String,
-    /// Local address to receive on (`host:port`; port 0 picks a free port).
+    /// Local address to receive on (`ip:port`; port 0 picks a free port).
     #[serde(default)]
-    pub listen: Option<String>,
-    /// Default destination (`host:port`).
+    pub listen: Option<SocketAddr>,
+    /// Default destination (`ip:port`).
     #[serde(default)]
-    pub send: Option<String>,
+    pub send: Option<SocketAddr>,
     /// Source networks allowed to send to us (`127.0.0.1/32`, `10.0.0.0/8`, or a bare IP); empty = all.
     #[serde(default)]
-    pub allow: Vec<String>,
+    pub allow: Vec<NetRange>,
     /// Largest datagram accepted, in bytes; larger ones are dropped and counted.
     #[serde(default = "default_max_datagram")]
     pub max_datagram: usize,

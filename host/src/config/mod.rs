@@ -3,8 +3,10 @@
 //! addresses resolved, port clashes and feedback loops found). Every error carries file, YAML path and
 //! line:column. (SKELETON: the config helper fills in loading and validation.)
 
+mod net;
 mod plan;
 
+pub use net::NetRange;
 pub use plan::*;
 
 use std::fmt;
