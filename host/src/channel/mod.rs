@@ -1,2 +1,88 @@
-//! Transports. (SKELETON)
+//! Transports. One module per kind, all of one shape (Vector's sources are the model): a serde config
+//! struct, the ports it claims, an output handle that routes send through, and an async `run` that takes
+//! a [`ChannelContext`] (cancel token, where inbound messages go, metric handles, status reporting).
+
 pub mod udp;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::Dispatcher;
+use crate::metrics::ChannelMetrics;
+use crate::route::ChannelId;
+
+/// Where a message came from; targets use it to reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub channel: ChannelId,
+    pub addr: SocketAddr,
+}
+
+/// The sending side of a channel, shared by every route that forwards to it. Sends are direct
+/// (non-blocking) socket writes from the caller's task: no queue hop on the forward path.
+pub trait Output: Send + Sync {
+    fn name(&self) -> &str;
+    /// Sends a packet to the channel's destination. Counts packets and bytes out, drops and errors.
+    fn send(&self, packet: &[u8]);
+    /// Sends a packet back to `origin`, from the socket that received the message.
+    fn reply(&self, origin: &Origin, packet: &[u8]);
+}
+
+/// What `run` of any transport gets.
+pub struct ChannelContext {
+    pub name: Arc<str>,
+    pub id: ChannelId,
+    pub cancel: CancellationToken,
+    /// Routes what the channel receives.
+    pub inbound: Dispatcher,
+    pub metrics: ChannelMetrics,
+    pub status: StatusBoard,
+}
+
+/// A channel's state as the ready line and ready file show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ChannelStatus {
+    pub kind: &'static str,
+    /// The bound listening address (the real port when the config said 0).
+    pub listen: Option<SocketAddr>,
+    /// The socket the channel sends from.
+    pub local: Option<SocketAddr>,
+    /// Default destination.
+    pub send: Option<SocketAddr>,
+    pub up: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Channel states by name, with a notification on every change (the ready file is rewritten).
+#[derive(Clone, Default)]
+pub struct StatusBoard {
+    inner: Arc<(Mutex<BTreeMap<String, ChannelStatus>>, Notify)>,
+}
+
+impl StatusBoard {
+    pub fn set(&self, channel: &str, status: ChannelStatus) {
+        let mut map = self.inner.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(channel.to_string(), status);
+        drop(map);
+        self.inner.1.notify_waiters();
+    }
+
+    pub fn remove(&self, channel: &str) {
+        self.inner.0.lock().unwrap_or_else(|e| e.into_inner()).remove(channel);
+        self.inner.1.notify_waiters();
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, ChannelStatus> {
+        self.inner.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub async fn changed(&self) {
+        self.inner.1.notified().await
+    }
+}

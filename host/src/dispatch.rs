@@ -1,0 +1,265 @@
+//! Inbound path shared by every transport: decode -> route table -> targets. One `Dispatcher` per
+//! receiving task owns its scratch buffers, so routing a message allocates nothing and takes no lock:
+//! the switchboard (route table + outputs) is read through `arc-swap`, and every message is routed
+//! entirely by the table that was current when its packet arrived.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use patchbay_plugin_api::osc::decode::BundleRef;
+use patchbay_plugin_api::osc::encode::encode_readdressed;
+use patchbay_plugin_api::osc::pattern::Captures;
+use patchbay_plugin_api::osc::{DecodeError, DecodeLimits, MessageRef, PacketRef};
+
+use crate::channel::{Origin, Output};
+use crate::metrics::ChannelMetrics;
+use crate::route::{ChannelId, Hits, RouteTable, Target};
+
+/// What routing needs at once: the table and the outputs its targets name. Swapped as one unit.
+pub struct Switchboard {
+    pub generation: u64,
+    pub table: RouteTable,
+    /// Indexed by `ChannelId`.
+    outputs: Vec<Option<Arc<dyn Output>>>,
+}
+
+impl Switchboard {
+    pub fn new(generation: u64, table: RouteTable, outputs: Vec<(ChannelId, Arc<dyn Output>)>) -> Self {
+        let len = outputs.iter().map(|(id, _)| id.0 as usize + 1).max().unwrap_or(0);
+        let mut by_id: Vec<Option<Arc<dyn Output>>> = vec![None; len];
+        for (id, output) in outputs {
+            by_id[id.0 as usize] = Some(output);
+        }
+        Switchboard { generation, table, outputs: by_id }
+    }
+
+    pub fn output(&self, id: ChannelId) -> Option<&Arc<dyn Output>> {
+        self.outputs.get(id.0 as usize).and_then(Option::as_ref)
+    }
+}
+
+pub type SharedSwitchboard = Arc<ArcSwap<Switchboard>>;
+
+/// Where a routed message goes inside a bundle being rebuilt per destination.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    Forward(ChannelId),
+    Reply,
+}
+
+pub struct Dispatcher {
+    channel: ChannelId,
+    name: Arc<str>,
+    board: SharedSwitchboard,
+    metrics: ChannelMetrics,
+    limits: DecodeLimits,
+    hits: Hits,
+    caps: Captures,
+    address: String,
+    encoded: Vec<u8>,
+    bad_input_log: RateLimitedLog,
+}
+
+impl Dispatcher {
+    pub fn new(channel: ChannelId, name: Arc<str>, board: SharedSwitchboard, metrics: ChannelMetrics) -> Self {
+        Dispatcher {
+            channel,
+            name,
+            board,
+            metrics,
+            limits: DecodeLimits::default(),
+            hits: Hits::default(),
+            caps: Captures::default(),
+            address: String::new(),
+            encoded: Vec::new(),
+            bad_input_log: RateLimitedLog::new(Duration::from_secs(1)),
+        }
+    }
+
+    pub fn channel_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Routes one received datagram. Bad packets are counted and logged (rate-limited), never fatal.
+    pub fn datagram(&mut self, bytes: &[u8], origin: Origin) {
+        self.metrics.packets_in.increment(1);
+        self.metrics.bytes_in.increment(bytes.len() as u64);
+        match PacketRef::parse(bytes, &self.limits) {
+            Ok(packet) => self.packet(packet, origin),
+            Err(error) => self.bad_packet(bytes.len(), &origin, &error),
+        }
+    }
+
+    /// Counts and logs a packet the channel could not take (decode error, oversize, ...).
+    pub fn reject(&mut self, origin: &Origin, reason: std::fmt::Arguments<'_>) {
+        self.metrics.decode_errors.increment(1);
+        let name = &self.name;
+        self.bad_input_log.log(|suppressed| {
+            tracing::warn!(
+                channel = %name, sender = %origin.addr, suppressed,
+                "Dropped a packet that is not valid OSC: {reason}. The channel keeps serving."
+            )
+        });
+    }
+
+    fn bad_packet(&mut self, len: usize, origin: &Origin, error: &DecodeError) {
+        self.reject(origin, format_args!("{error} ({len} bytes)"));
+    }
+
+    /// Routes a packet that is already validated (also the entry point for framed transports).
+    pub fn packet(&mut self, packet: PacketRef<'_>, origin: Origin) {
+        let board = self.board.load();
+        match packet {
+            PacketRef::Message(message) => self.message(&board, &message, &origin),
+            PacketRef::Bundle(bundle) => {
+                let mut per_destination: Vec<(Destination, Vec<u8>)> = Vec::new();
+                self.collect_bundle(&board, &bundle, &origin, &mut per_destination);
+                for (destination, elements) in &per_destination {
+                    if elements.as_slice() == bundle.raw_elements {
+                        // Everything went one way unchanged: the original bytes, no re-encoding.
+                        send_to(&board, *destination, &origin, bundle.raw);
+                    } else {
+                        let mut rebuilt = Vec::with_capacity(16 + elements.len());
+                        rebuilt.extend_from_slice(&bundle.raw[..16]);
+                        rebuilt.extend_from_slice(elements);
+                        send_to(&board, *destination, &origin, &rebuilt);
+                    }
+                }
+            }
+        }
+    }
+
+    fn message(&mut self, board: &Switchboard, message: &MessageRef<'_>, origin: &Origin) {
+        self.metrics.messages_in.increment(1);
+        board.table.find(message.address, self.channel, &mut self.hits);
+        for &index in &self.hits.routes {
+            let route = board.table.route(index);
+            if route.needs_captures {
+                board.table.captures(index, message.address, &mut self.caps);
+            }
+            for target in route.targets.iter() {
+                let bytes = render(target, message, &self.caps, &mut self.address, &mut self.encoded);
+                match target {
+                    Target::Forward { channel, .. } => send_to(board, Destination::Forward(*channel), origin, bytes),
+                    Target::Reply { .. } => send_to(board, Destination::Reply, origin, bytes),
+                }
+            }
+        }
+    }
+
+    /// Routes each message of a bundle and gathers, per destination, the elements that go there, so a
+    /// forward passes a bundle on as a bundle with its time tag (nested bundles stay nested).
+    fn collect_bundle(
+        &mut self,
+        board: &Switchboard,
+        bundle: &BundleRef<'_>,
+        origin: &Origin,
+        out: &mut Vec<(Destination, Vec<u8>)>,
+    ) {
+        for element in bundle.elements() {
+            match element {
+                PacketRef::Message(message) => {
+                    self.metrics.messages_in.increment(1);
+                    board.table.find(message.address, self.channel, &mut self.hits);
+                    let hits = std::mem::take(&mut self.hits.routes);
+                    for &index in &hits {
+                        let route = board.table.route(index);
+                        if route.needs_captures {
+                            board.table.captures(index, message.address, &mut self.caps);
+                        }
+                        for target in route.targets.iter() {
+                            let destination = match target {
+                                Target::Forward { channel, .. } => Destination::Forward(*channel),
+                                Target::Reply { .. } => Destination::Reply,
+                            };
+                            let bytes = render(target, &message, &self.caps, &mut self.address, &mut self.encoded);
+                            append_element(out, destination, bytes);
+                        }
+                    }
+                    self.hits.routes = hits;
+                }
+                PacketRef::Bundle(inner) => {
+                    let mut nested = Vec::new();
+                    self.collect_bundle(board, &inner, origin, &mut nested);
+                    for (destination, elements) in nested {
+                        let mut bytes = Vec::with_capacity(16 + elements.len());
+                        bytes.extend_from_slice(&inner.raw[..16]);
+                        bytes.extend_from_slice(&elements);
+                        append_element(out, destination, &bytes);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The bytes a target sends: the original message when unchanged, else re-addressed (arguments copied).
+fn render<'a>(
+    target: &Target,
+    message: &MessageRef<'a>,
+    caps: &Captures,
+    address: &mut String,
+    encoded: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    match target.rewrite() {
+        None => message.raw,
+        Some(rewrite) => {
+            rewrite.apply(message.address, caps, address);
+            encoded.clear();
+            encode_readdressed(message, address, encoded);
+            encoded
+        }
+    }
+}
+
+fn append_element(out: &mut Vec<(Destination, Vec<u8>)>, destination: Destination, bytes: &[u8]) {
+    let index = match out.iter().position(|(d, _)| *d == destination) {
+        Some(i) => i,
+        None => {
+            out.push((destination, Vec::new()));
+            out.len() - 1
+        }
+    };
+    let elements = &mut out[index].1;
+    elements.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    elements.extend_from_slice(bytes);
+}
+
+fn send_to(board: &Switchboard, destination: Destination, origin: &Origin, bytes: &[u8]) {
+    match destination {
+        Destination::Forward(channel) => {
+            if let Some(output) = board.output(channel) {
+                output.send(bytes);
+            }
+        }
+        Destination::Reply => {
+            if let Some(output) = board.output(origin.channel) {
+                output.reply(origin, bytes);
+            }
+        }
+    }
+}
+
+/// At most one line per interval; the next line says how many were held back.
+pub struct RateLimitedLog {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    pub fn new(interval: Duration) -> Self {
+        RateLimitedLog { interval, last: None, suppressed: 0 }
+    }
+
+    pub fn log(&mut self, emit: impl FnOnce(u64)) {
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < self.interval) {
+            self.suppressed += 1;
+            return;
+        }
+        self.last = Some(now);
+        emit(std::mem::take(&mut self.suppressed));
+    }
+}

@@ -1,0 +1,167 @@
+//! Metric names (one place, so the README and the code cannot drift) and the handles the hot path
+//! increments. Handles are registered once per channel or route, so counting a packet is one atomic
+//! add: no name lookup, no label allocation per message. Labels are channel and route names only,
+//! never addresses.
+
+use std::net::SocketAddr;
+
+use metrics::{counter, gauge, Counter, Gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub const CHANNEL_PACKETS_IN: &str = "patchbay_channel_packets_in_total";
+pub const CHANNEL_MESSAGES_IN: &str = "patchbay_channel_messages_in_total";
+pub const CHANNEL_BYTES_IN: &str = "patchbay_channel_bytes_in_total";
+pub const CHANNEL_PACKETS_OUT: &str = "patchbay_channel_packets_out_total";
+pub const CHANNEL_BYTES_OUT: &str = "patchbay_channel_bytes_out_total";
+pub const CHANNEL_DECODE_ERRORS: &str = "patchbay_channel_decode_errors_total";
+pub const CHANNEL_DISALLOWED: &str = "patchbay_channel_disallowed_total";
+pub const CHANNEL_DROPS: &str = "patchbay_channel_drops_total";
+pub const CHANNEL_SEND_ERRORS: &str = "patchbay_channel_send_errors_total";
+pub const CHANNEL_UP: &str = "patchbay_channel_up";
+pub const ROUTE_MATCHES: &str = "patchbay_route_matches_total";
+pub const UNMATCHED: &str = "patchbay_unmatched_total";
+
+/// Every metric with its meaning, for `--help`-style listings and the README.
+pub const ALL: &[(&str, &str)] = &[
+    (CHANNEL_PACKETS_IN, "datagrams received on a channel (before decoding)"),
+    (CHANNEL_MESSAGES_IN, "OSC messages received on a channel (bundle elements count one each)"),
+    (CHANNEL_BYTES_IN, "bytes received on a channel"),
+    (CHANNEL_PACKETS_OUT, "packets sent by a channel (forwards and replies)"),
+    (CHANNEL_BYTES_OUT, "bytes sent by a channel"),
+    (CHANNEL_DECODE_ERRORS, "datagrams dropped because they are not valid OSC (or are oversize)"),
+    (CHANNEL_DISALLOWED, "datagrams dropped because the sender is not in the channel's allow list"),
+    (CHANNEL_DROPS, "outgoing packets dropped: channel down, no destination, or socket buffer full"),
+    (CHANNEL_SEND_ERRORS, "outgoing packets the operating system refused"),
+    (CHANNEL_UP, "1 while the channel's socket is bound, else 0"),
+    (ROUTE_MATCHES, "messages a route matched"),
+    (UNMATCHED, "messages no route matched"),
+];
+
+/// The per-channel handles.
+#[derive(Clone)]
+pub struct ChannelMetrics {
+    pub packets_in: Counter,
+    pub messages_in: Counter,
+    pub bytes_in: Counter,
+    pub packets_out: Counter,
+    pub bytes_out: Counter,
+    pub decode_errors: Counter,
+    pub disallowed: Counter,
+    pub drops: Counter,
+    pub send_errors: Counter,
+    pub up: Gauge,
+}
+
+impl ChannelMetrics {
+    pub fn new(channel: &str) -> Self {
+        let label = || [("channel", channel.to_string())];
+        ChannelMetrics {
+            packets_in: counter!(CHANNEL_PACKETS_IN, &label()),
+            messages_in: counter!(CHANNEL_MESSAGES_IN, &label()),
+            bytes_in: counter!(CHANNEL_BYTES_IN, &label()),
+            packets_out: counter!(CHANNEL_PACKETS_OUT, &label()),
+            bytes_out: counter!(CHANNEL_BYTES_OUT, &label()),
+            decode_errors: counter!(CHANNEL_DECODE_ERRORS, &label()),
+            disallowed: counter!(CHANNEL_DISALLOWED, &label()),
+            drops: counter!(CHANNEL_DROPS, &label()),
+            send_errors: counter!(CHANNEL_SEND_ERRORS, &label()),
+            up: gauge!(CHANNEL_UP, &label()),
+        }
+    }
+}
+
+pub fn route_matches(route: &str) -> Counter {
+    counter!(ROUTE_MATCHES, "route" => route.to_string())
+}
+
+pub fn unmatched() -> Counter {
+    counter!(UNMATCHED)
+}
+
+/// Installs the process-wide Prometheus recorder. Call once, before any handle is created (handles
+/// made earlier would count into nothing).
+pub fn install() -> Result<PrometheusHandle, MetricsError> {
+    PrometheusBuilder::new().install_recorder().map_err(|e| MetricsError::Install(e.to_string()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot install the metrics recorder: {0}")]
+    Install(String),
+    #[error("cannot listen for metrics scrapes on {addr}: {source} (is another program using that port?)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Binds the scrape endpoint; serving happens in [`serve`]. Split so the bound address can go into the
+/// ready line before the first scrape.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })
+}
+
+/// Serves Prometheus text on `GET /metrics` (and `/`). Scrapes are rare and tiny, so a minimal
+/// HTTP/1.1 responder avoids pulling a whole HTTP stack into the host.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, cancel: CancellationToken) {
+    let upkeep = {
+        let handle = handle.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => handle.run_upkeep(),
+                }
+            }
+        })
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answer(stream, &handle)).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Metrics endpoint could not accept a scrape connection.");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    upkeep.abort();
+}
+
+async fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 || request.len() > 8192 {
+            return Ok(());
+        }
+        request.extend_from_slice(&chunk[..n]);
+    }
+    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, content_type, body) = if method == "GET" && (path == "/metrics" || path == "/") {
+        ("200 OK", "text/plain; version=0.0.4", handle.render())
+    } else {
+        ("404 Not Found", "text/plain", "try GET /metrics\n".to_string())
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,353 @@
+//! The route table: which routes a message reaches, in order. Pure code: no sockets, no clock, no
+//! logging, so it is unit-tested, property-tested and fuzzed without I/O.
+//!
+//! Literal `match:` addresses are found by hash; wildcard patterns are precompiled and tried in route
+//! order behind a cheap literal-prefix check. Results are route indices in file order, so `stop:` and
+//! the order targets fire in are exactly what the YAML says.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use metrics::Counter;
+use patchbay_plugin_api::osc::pattern::{has_pattern_syntax, Captures};
+use patchbay_plugin_api::osc::Pattern;
+
+use crate::config::{RewritePart, RouteMatch, RoutePlan, TargetPlan};
+
+/// A channel's identity for its whole life in the process (stable across reloads), so routes can name
+/// their source and destination without string compares per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u32);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Forward { channel: ChannelId, rewrite: Option<Rewrite> },
+    Reply { rewrite: Option<Rewrite> },
+}
+
+impl Target {
+    pub fn rewrite(&self) -> Option<&Rewrite> {
+        match self {
+            Target::Forward { rewrite, .. } | Target::Reply { rewrite } => rewrite.as_ref(),
+        }
+    }
+}
+
+/// A rewrite template split into literal text and capture references once, at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    parts: Box<[RewritePart]>,
+}
+
+impl Rewrite {
+    pub fn new(parts: Vec<RewritePart>) -> Self {
+        Rewrite { parts: parts.into_boxed_slice() }
+    }
+
+    /// Writes the new address into `out` (cleared first). A capture the match did not produce (an
+    /// `unmatched` route has none) expands to nothing; config validation keeps that from happening.
+    pub fn apply(&self, address: &str, caps: &Captures, out: &mut String) {
+        out.clear();
+        for part in self.parts.iter() {
+            match part {
+                RewritePart::Literal(text) => out.push_str(text),
+                RewritePart::Capture(n) => {
+                    if let Some(&(start, end)) = caps.spans.get(n - 1) {
+                        out.push_str(&address[start..end]);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn uses_captures(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, RewritePart::Capture(_)))
+    }
+}
+
+pub struct CompiledRoute {
+    pub name: Arc<str>,
+    /// `None` for an `unmatched` route.
+    pub pattern: Option<Pattern>,
+    pub from: Option<Box<[ChannelId]>>,
+    pub targets: Box<[Target]>,
+    pub stop: bool,
+    pub incoming_patterns: bool,
+    /// Some target needs the wildcard captures, so they are computed on a match.
+    pub needs_captures: bool,
+    pub matches: Counter,
+}
+
+impl CompiledRoute {
+    fn accepts_from(&self, from: ChannelId) -> bool {
+        self.from.as_ref().is_none_or(|list| list.contains(&from))
+    }
+}
+
+/// Route indices in file order; reused between messages so matching does not allocate.
+#[derive(Default)]
+pub struct Hits {
+    pub routes: Vec<u32>,
+}
+
+pub struct RouteTable {
+    routes: Vec<CompiledRoute>,
+    literal: HashMap<Box<str>, Vec<u32>>,
+    /// Wildcard routes with the literal text before their first wildcard.
+    patterns: Vec<(u32, Box<str>)>,
+    /// Literal routes that opted in to incoming address patterns.
+    incoming: Vec<u32>,
+    unmatched: Vec<u32>,
+    unmatched_counter: Counter,
+}
+
+impl RouteTable {
+    /// Compiles the plan's routes. `channel_id` maps a channel name from the (validated) plan to its id.
+    pub fn build(plan: &[RoutePlan], mut channel_id: impl FnMut(&str) -> ChannelId) -> RouteTable {
+        let mut table = RouteTable {
+            routes: Vec::with_capacity(plan.len()),
+            literal: HashMap::new(),
+            patterns: Vec::new(),
+            incoming: Vec::new(),
+            unmatched: Vec::new(),
+            unmatched_counter: crate::metrics::unmatched(),
+        };
+        for (index, route) in plan.iter().enumerate() {
+            let index = index as u32;
+            let targets: Vec<Target> = route
+                .targets
+                .iter()
+                .map(|t| match t {
+                    TargetPlan::Forward { channel, rewrite } => Target::Forward {
+                        channel: channel_id(channel),
+                        rewrite: rewrite.as_ref().map(|r| Rewrite::new(r.parts.clone())),
+                    },
+                    TargetPlan::Reply { rewrite } => {
+                        Target::Reply { rewrite: rewrite.as_ref().map(|r| Rewrite::new(r.parts.clone())) }
+                    }
+                })
+                .collect();
+            let pattern = match &route.matcher {
+                RouteMatch::Pattern(p) => {
+                    if p.is_literal() {
+                        table.literal.entry(p.as_str().into()).or_default().push(index);
+                        if route.incoming_patterns {
+                            table.incoming.push(index);
+                        }
+                    } else {
+                        table.patterns.push((index, literal_prefix(p.as_str()).into()));
+                    }
+                    Some(p.clone())
+                }
+                RouteMatch::Unmatched => {
+                    table.unmatched.push(index);
+                    None
+                }
+            };
+            let needs_captures = targets.iter().any(|t| t.rewrite().is_some_and(Rewrite::uses_captures));
+            table.routes.push(CompiledRoute {
+                name: route.name.as_str().into(),
+                pattern,
+                from: route.from.as_ref().map(|names| names.iter().map(|n| channel_id(n)).collect()),
+                targets: targets.into_boxed_slice(),
+                stop: route.stop,
+                incoming_patterns: route.incoming_patterns,
+                needs_captures,
+                matches: crate::metrics::route_matches(&route.name),
+            });
+        }
+        table
+    }
+
+    pub fn route(&self, index: u32) -> &CompiledRoute {
+        &self.routes[index as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Fills `hits` with the routes a message at `address` from channel `from` reaches, in file order,
+    /// honouring `from:`, `stop:` and `unmatched:`, and counts route matches.
+    pub fn find(&self, address: &str, from: ChannelId, hits: &mut Hits) {
+        hits.routes.clear();
+        let literal: &[u32] = self.literal.get(address).map(Vec::as_slice).unwrap_or(&[]);
+        // An incoming pattern is compiled only when some route opted in and the address has syntax.
+        let incoming = if !self.incoming.is_empty() && has_pattern_syntax(address) {
+            Pattern::compile(address).ok()
+        } else {
+            None
+        };
+        let incoming_routes: &[u32] = if incoming.is_some() { &self.incoming } else { &[] };
+
+        let (mut li, mut pi, mut ii) = (0, 0, 0);
+        loop {
+            // Smallest next candidate among the three sorted lists.
+            let next_l = literal.get(li).copied();
+            let next_p = self.patterns.get(pi).map(|(i, _)| *i);
+            let next_i = incoming_routes.get(ii).copied();
+            let Some(candidate) = [next_l, next_p, next_i].into_iter().flatten().min() else { break };
+            let matched = if next_l == Some(candidate) {
+                li += 1;
+                true
+            } else if next_p == Some(candidate) {
+                let prefix = &self.patterns[pi].1;
+                pi += 1;
+                address.starts_with(&**prefix)
+                    && self.routes[candidate as usize].pattern.as_ref().is_some_and(|p| p.is_match(address))
+            } else {
+                ii += 1;
+                let route_address = self.routes[candidate as usize].pattern.as_ref().map(Pattern::as_str);
+                matches!((&incoming, route_address), (Some(p), Some(a)) if p.is_match(a))
+            };
+            let route = &self.routes[candidate as usize];
+            if matched && route.accepts_from(from) {
+                route.matches.increment(1);
+                hits.routes.push(candidate);
+                if route.stop {
+                    return;
+                }
+            }
+        }
+        if hits.routes.is_empty() {
+            self.unmatched_counter.increment(1);
+            for &index in &self.unmatched {
+                let route = &self.routes[index as usize];
+                if route.accepts_from(from) {
+                    route.matches.increment(1);
+                    hits.routes.push(index);
+                    if route.stop {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The captures of route `index` for `address` (empty for unmatched routes and for routes matched
+    /// through an incoming pattern, where the wildcards are in the message, not the route).
+    pub fn captures(&self, index: u32, address: &str, caps: &mut Captures) {
+        caps.spans.clear();
+        if let Some(p) = &self.routes[index as usize].pattern {
+            if !p.is_literal() {
+                p.captures(address, caps);
+            }
+        }
+    }
+}
+
+/// The text before a pattern's first wildcard: every address the pattern matches starts with it.
+fn literal_prefix(pattern: &str) -> &str {
+    let end = pattern
+        .char_indices()
+        .find(|&(i, c)| matches!(c, '?' | '*' | '[' | '{') || pattern[i..].starts_with("//"))
+        .map(|(i, _)| i)
+        .unwrap_or(pattern.len());
+    &pattern[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RouteMatch, RoutePlan, TargetPlan};
+
+    fn route(name: &str, pattern: Option<&str>, from: Option<&[&str]>, stop: bool) -> RoutePlan {
+        RoutePlan {
+            name: name.into(),
+            matcher: match pattern {
+                Some(p) => RouteMatch::Pattern(Pattern::compile(p).unwrap()),
+                None => RouteMatch::Unmatched,
+            },
+            from: from.map(|f| f.iter().map(|s| s.to_string()).collect()),
+            targets: vec![TargetPlan::Forward { channel: "out".into(), rewrite: None }],
+            stop,
+            incoming_patterns: false,
+        }
+    }
+
+    fn ids(name: &str) -> ChannelId {
+        match name {
+            "desk" => ChannelId(1),
+            "other" => ChannelId(2),
+            _ => ChannelId(9),
+        }
+    }
+
+    fn names(table: &RouteTable, address: &str, from: ChannelId) -> Vec<String> {
+        let mut hits = Hits::default();
+        table.find(address, from, &mut hits);
+        hits.routes.iter().map(|&i| table.route(i).name.to_string()).collect()
+    }
+
+    #[test]
+    fn routes_fire_in_file_order_across_literal_and_pattern_routes() {
+        let plan = vec![
+            route("p1", Some("/a/*"), None, false),
+            route("lit", Some("/a/b"), None, false),
+            route("p2", Some("/a/?"), None, false),
+            route("none", Some("/z/*"), None, false),
+        ];
+        let table = RouteTable::build(&plan, ids);
+        assert_eq!(names(&table, "/a/b", ChannelId(1)), ["p1", "lit", "p2"]);
+        assert_eq!(names(&table, "/a/bc", ChannelId(1)), ["p1"]);
+    }
+
+    #[test]
+    fn stop_ends_the_search_and_from_filters_sources() {
+        let plan = vec![
+            route("only-other", Some("/a/b"), Some(&["other"]), true),
+            route("desk-stops", Some("/a/*"), Some(&["desk"]), true),
+            route("never-for-desk", Some("/a/b"), None, false),
+        ];
+        let table = RouteTable::build(&plan, ids);
+        assert_eq!(names(&table, "/a/b", ChannelId(1)), ["desk-stops"]);
+        assert_eq!(names(&table, "/a/b", ChannelId(2)), ["only-other"]);
+        assert_eq!(names(&table, "/a/b", ChannelId(3)), ["never-for-desk"]);
+    }
+
+    #[test]
+    fn unmatched_gets_only_what_no_route_matched() {
+        let plan = vec![
+            route("fallback", None, None, false),
+            route("a", Some("/a"), Some(&["desk"]), false),
+        ];
+        let table = RouteTable::build(&plan, ids);
+        assert_eq!(names(&table, "/a", ChannelId(1)), ["a"]);
+        assert_eq!(names(&table, "/a", ChannelId(2)), ["fallback"]);
+        assert_eq!(names(&table, "/b", ChannelId(1)), ["fallback"]);
+    }
+
+    #[test]
+    fn incoming_patterns_are_opt_in() {
+        let mut opted = route("opted", Some("/mixer/ch/3/mute"), None, false);
+        opted.incoming_patterns = true;
+        let plan = vec![opted, route("plain", Some("/mixer/ch/4/mute"), None, false)];
+        let table = RouteTable::build(&plan, ids);
+        assert_eq!(names(&table, "/mixer/ch/*/mute", ChannelId(1)), ["opted"]);
+        assert_eq!(names(&table, "/mixer/ch/3/mute", ChannelId(1)), ["opted"]);
+        assert!(names(&table, "//*", ChannelId(1)).contains(&"opted".to_string()));
+    }
+
+    #[test]
+    fn rewrite_uses_captures() {
+        let pattern = Pattern::compile("/desk/fader/*").unwrap();
+        let mut caps = Captures::default();
+        assert!(pattern.captures("/desk/fader/12", &mut caps));
+        let rewrite = Rewrite::new(vec![RewritePart::Literal("/lx/sub/".into()), RewritePart::Capture(1)]);
+        let mut out = String::new();
+        rewrite.apply("/desk/fader/12", &caps, &mut out);
+        assert_eq!(out, "/lx/sub/12");
+    }
+
+    #[test]
+    fn literal_prefix_stops_at_the_first_wildcard() {
+        assert_eq!(literal_prefix("/desk/fader/*"), "/desk/fader/");
+        assert_eq!(literal_prefix("/a//b"), "/a");
+        assert_eq!(literal_prefix("/plain"), "/plain");
+        assert_eq!(literal_prefix("/x/{a,b}"), "/x/");
+    }
+}
