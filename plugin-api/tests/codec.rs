@@ -895,3 +895,181 @@ fn rosc_has_no_nesting_cap() {
         DecodeErrorKind::BundleTooDeep { max: 8 }
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Time tags.
+
+mod timetags {
+    use patchbay_plugin_api::osc::TimeTag;
+    use proptest::prelude::*;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    const OFFSET: u32 = 2_208_988_800;
+
+    fn unix(secs: u64, nanos: u32) -> SystemTime {
+        UNIX_EPOCH + Duration::new(secs, nanos)
+    }
+
+    #[test]
+    fn known_ntp_unix_pairs() {
+        assert_eq!(
+            TimeTag::from_system_time(UNIX_EPOCH),
+            TimeTag::new(OFFSET, 0)
+        );
+        assert_eq!(TimeTag::new(OFFSET, 0).to_system_time(), Some(UNIX_EPOCH));
+        // 2000-01-01T00:00:00Z.
+        assert_eq!(
+            TimeTag::from_system_time(unix(946_684_800, 0)),
+            TimeTag::new(3_155_673_600, 0)
+        );
+        // Half a second is exactly 2^31 fraction units.
+        assert_eq!(
+            TimeTag::from_system_time(unix(1, 500_000_000)),
+            TimeTag::new(OFFSET + 1, 1 << 31)
+        );
+        assert_eq!(
+            TimeTag::new(OFFSET + 1, 1 << 31).to_system_time(),
+            Some(unix(1, 500_000_000))
+        );
+        // The seed bundle's tag: 2012-01-20T13:25:03Z plus 0x455a9000 / 2^32 s (270.913124 ms).
+        let seed = TimeTag::new(0xd2c3_e04f, 0x455a_9000);
+        assert_eq!(
+            seed.to_system_time(),
+            Some(unix(1_327_063_503, 270_913_124))
+        );
+        assert_eq!(seed.to_unix_nanos(), 1_327_063_503_270_913_124);
+    }
+
+    #[test]
+    fn immediately_is_special() {
+        let now = unix(1_700_000_000, 123);
+        assert!(TimeTag::IMMEDIATELY.is_immediately());
+        assert_eq!(TimeTag::IMMEDIATELY.to_be_bytes(), [0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(TimeTag::IMMEDIATELY.to_system_time(), None);
+        assert_eq!(TimeTag::IMMEDIATELY.offset_from(now), 0);
+        assert!(!TimeTag::new(0, 0).is_immediately());
+        assert!(TimeTag::new(0, 0).to_system_time().is_some());
+    }
+
+    #[test]
+    fn offset_from_is_signed_nanoseconds() {
+        let now = unix(1_700_000_000, 999_999_999);
+        let later = TimeTag::after(now, Duration::from_millis(250));
+        assert_eq!(later.offset_from(now), 250_000_000);
+        let earlier = TimeTag::from_system_time(now - Duration::from_secs(3));
+        assert_eq!(earlier.offset_from(now), -3_000_000_000);
+    }
+
+    #[test]
+    fn before_1970_and_after_2036() {
+        // A clock a day before the Unix epoch (top bit still set: NTP era 0).
+        let t = UNIX_EPOCH - Duration::from_secs(86_400);
+        let tag = TimeTag::from_system_time(t);
+        assert_eq!(tag, TimeTag::new(OFFSET - 86_400, 0));
+        assert_eq!(tag.to_system_time(), Some(t));
+        assert_eq!(tag.to_unix_secs_f64(), -86_400.0);
+        // The first NTP wrap, 2036-02-07T06:28:16Z, is seconds == 0 of era 1.
+        let wrap = unix((1u64 << 32) - u64::from(OFFSET), 0);
+        assert_eq!(TimeTag::from_system_time(wrap), TimeTag::new(0, 0));
+        assert_eq!(TimeTag::new(0, 0).to_system_time(), Some(wrap));
+        let after = wrap + Duration::from_secs(10);
+        assert_eq!(
+            TimeTag::from_system_time(after).to_system_time(),
+            Some(after)
+        );
+        assert_eq!(TimeTag::new(10, 0).offset_from(wrap), 10_000_000_000);
+        // Across the wrap, a later time has a smaller raw value; offsets still come out right.
+        let before_wrap = TimeTag::new(u32::MAX, 0);
+        assert_eq!(
+            TimeTag::new(1, 0).offset_from(before_wrap.to_system_time().unwrap()),
+            2_000_000_000
+        );
+    }
+
+    #[test]
+    fn f64_helpers() {
+        assert_eq!(
+            TimeTag::from_unix_secs_f64(1.5),
+            TimeTag::new(OFFSET + 1, 1 << 31)
+        );
+        assert_eq!(TimeTag::new(OFFSET + 1, 1 << 31).to_unix_secs_f64(), 1.5);
+        assert_eq!(
+            TimeTag::from_unix_secs_f64(-0.25),
+            TimeTag::new(OFFSET - 1, 3 << 30)
+        );
+        // Non-finite input does not panic.
+        assert_eq!(TimeTag::from_unix_secs_f64(f64::NAN), TimeTag::new(0, 0));
+        let _ = TimeTag::from_unix_secs_f64(f64::INFINITY);
+        let _ = TimeTag::from_unix_secs_f64(f64::NEG_INFINITY);
+        let now = 1_700_000_000.123_456;
+        let back = TimeTag::from_unix_secs_f64(now).to_unix_secs_f64();
+        assert!((back - now).abs() < 1e-6, "{back} vs {now}");
+    }
+
+    #[test]
+    fn rosc_time_conversion_panics_before_1970_ours_does_not() {
+        // rosc subtracts the 1900->1970 offset from a Duration, which underflows for era-0 tags
+        // before 1970 (including IMMEDIATELY): a panic on a value any sender can put on the wire.
+        let r = std::panic::catch_unwind(|| {
+            SystemTime::from(rosc::OscTime {
+                seconds: 0,
+                fractional: 1,
+            })
+        });
+        assert!(r.is_err());
+        let pre = TimeTag::new(OFFSET - 1, 0);
+        assert_eq!(
+            pre.to_system_time(),
+            Some(UNIX_EPOCH - Duration::from_secs(1))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_pair_converts_without_panicking(s in any::<u32>(), f in any::<u32>(), now_ns in any::<i64>()) {
+            let tag = TimeTag::new(s, f);
+            let now = if now_ns >= 0 {
+                UNIX_EPOCH + Duration::from_nanos(now_ns as u64)
+            } else {
+                UNIX_EPOCH - Duration::from_nanos(now_ns.unsigned_abs())
+            };
+            let _ = tag.offset_from(now);
+            let _ = tag.to_unix_secs_f64();
+            prop_assert_eq!(TimeTag::from_be_bytes(tag.to_be_bytes()), tag);
+            // Tag -> nanoseconds -> tag is within rounding (1 ns is ~4.3 fraction units).
+            let back = TimeTag::from_unix_nanos(tag.to_unix_nanos());
+            let raw = |t: TimeTag| (u64::from(t.seconds) << 32) | u64::from(t.fraction);
+            let diff = raw(back).wrapping_sub(raw(tag)) as i64;
+            prop_assert!(diff.abs() <= 3, "{:?} -> {:?}", tag, back);
+            if let Some(st) = tag.to_system_time() {
+                prop_assert_eq!(TimeTag::from_system_time(st), back);
+            }
+        }
+
+        #[test]
+        fn from_system_time_agrees_with_rosc(secs in 0u64..2_085_978_496, nanos in 0u32..1_000_000_000) {
+            let t = UNIX_EPOCH + Duration::new(secs, nanos);
+            let ours = TimeTag::from_system_time(t);
+            let theirs = rosc::OscTime::try_from(t).unwrap();
+            prop_assert_eq!(ours.seconds, theirs.seconds);
+            // rosc rounds through f64; both are within a fraction unit or two of exact.
+            prop_assert!((i64::from(ours.fraction) - i64::from(theirs.fractional)).abs() <= 2);
+        }
+
+        #[test]
+        fn system_time_round_trips_exactly_in_the_era_window(
+            // 1968-01-20 ..= 2104-02-26, the window the top-bit rule maps to.
+            secs in -61_505_152i64..4_294_967_295 + 2_147_483_648 - 2_208_988_800,
+            nanos in 0u32..1_000_000_000,
+        ) {
+            let t = if secs >= 0 {
+                UNIX_EPOCH + Duration::new(secs as u64, nanos)
+            } else {
+                UNIX_EPOCH - Duration::new(secs.unsigned_abs(), 0) + Duration::new(0, nanos)
+            };
+            let tag = TimeTag::from_system_time(t);
+            prop_assert_eq!(tag.to_system_time(), Some(t));
+            prop_assert_eq!(tag.offset_from(t), 0);
+        }
+    }
+}
