@@ -874,6 +874,13 @@ fn rosc_accepts_what_we_reject() {
         rosc::OscPacket::Message(m) => assert_eq!(m.args, vec![rosc::OscType::Int(2)]),
         rosc::OscPacket::Bundle(_) => unreachable!(),
     }
+    // A bundle element size that is not a multiple of 4 (9: an 8-byte message plus a junk byte,
+    // then 3 bytes rosc returns as "remainder"): rosc decodes the bundle, we refuse the size.
+    let mut b = bundle_header();
+    b.extend_from_slice(&9i32.to_be_bytes());
+    b.extend_from_slice(b"/a\0\0,\0\0\0\xff\0\0\0");
+    assert!(rosc::decoder::decode_udp(&b).is_ok());
+    assert_eq!(parse_err(&b), (16, DecodeErrorKind::BadElementSize(9)));
     // Its errors have no position: the Display text is all there is.
     let e = rosc::decoder::decode_udp(b"/a\0\0,i\0\0").unwrap_err();
     assert!(!e.to_string().contains('8'), "{e}");

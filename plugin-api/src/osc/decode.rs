@@ -43,7 +43,7 @@
 //! Because padding must be zero, lengths must be exact and nothing may trail, an accepted packet
 //! has exactly one encoding: `encode(&parse(bytes)?.to_owned_packet()) == bytes` for every packet
 //! `parse` accepts, with one exception: a message without a type-tag string is re-encoded with an
-//! empty `,` tag string (4 bytes longer; the owned [`OscMessage`](super::OscMessage) cannot tell
+//! empty `,` tag string (4 bytes longer; the owned [`OscMessage`] cannot tell
 //! "no tags" from "no arguments"). Floats keep their exact bits, NaN payloads included.
 
 use super::timetag::TimeTag;

@@ -1,7 +1,8 @@
 //! OSC encoding: owned packets to bytes, and re-addressing a validated message without touching
 //! its arguments.
 //!
-//! The output is the canonical form [`super::decode`] accepts: strings NUL-terminated and
+//! The output is the canonical form
+//! [`PacketRef::parse`](super::decode::PacketRef::parse) accepts: strings NUL-terminated and
 //! zero-padded, every message with a `,` type-tag string (even without arguments), bundle
 //! elements size-prefixed. Two things the owned types allow but OSC cannot carry are handled
 //! without failing, so encoding never errors:

@@ -13,6 +13,10 @@
 //! outside the window keeps the low 32 bits of the seconds (what would be on the wire anyway); it
 //! never panics. All conversions are plain integer arithmetic on signed nanoseconds since the
 //! Unix epoch, so every `(seconds, fraction)` pair converts without overflow.
+//!
+//! (`rosc` 0.11.4, by contrast, refuses `SystemTime`s before 1970 and its
+//! `From<OscTime> for SystemTime` panics on a Duration underflow for any tag before 1970 —
+//! [`TimeTag::IMMEDIATELY`] included — reading everything in era 0 only.)
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
