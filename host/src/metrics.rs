@@ -81,10 +81,16 @@ pub fn unmatched() -> Counter {
     counter!(UNMATCHED)
 }
 
-/// Installs the process-wide Prometheus recorder. Call once, before any handle is created (handles
-/// made earlier would count into nothing).
+/// Installs the process-wide Prometheus recorder on first use and returns its handle. Must run before
+/// any handle is created (handles made earlier would count into nothing). Idempotent, so a process
+/// that runs the host more than once (benchmarks) shares one recorder.
 pub fn install() -> Result<PrometheusHandle, MetricsError> {
-    PrometheusBuilder::new().install_recorder().map_err(|e| MetricsError::Install(e.to_string()))
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new().install_recorder().map_err(|e| MetricsError::Install(e.to_string()))?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 #[derive(Debug, thiserror::Error)]

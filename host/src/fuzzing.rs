@@ -1,0 +1,87 @@
+//! Entry points for the fuzz target (`fuzz/`) and its regression tests: decode + route with no I/O.
+
+use patchbay_plugin_api::osc::encode::encode_readdressed;
+use patchbay_plugin_api::osc::pattern::Captures;
+use patchbay_plugin_api::osc::{PacketRef, Pattern};
+
+use crate::config::{Rewrite, RewritePart, RouteMatch, RoutePlan, TargetPlan};
+use crate::route::{ChannelId, Hits, RouteTable};
+
+/// A table with every kind of route: literals, each wildcard, `//`, rewrites, `stop`, `from`,
+/// incoming patterns and an unmatched catch-all.
+pub fn sample_table() -> RouteTable {
+    let patterns = [
+        ("/desk/fader/*", true),
+        ("/desk/fader/1", false),
+        ("/mixer/ch/3/mute", false),
+        ("/a/?/[0-9]/{on,off}", true),
+        ("//go", true),
+        ("/x/[!a-c]*/*y", true),
+        ("/cue/{a,bb,ccc}*", true),
+    ];
+    let mut routes: Vec<RoutePlan> = patterns
+        .iter()
+        .enumerate()
+        .map(|(i, (pattern, rewrite))| {
+            let compiled = Pattern::compile(pattern).expect("sample patterns are valid");
+            let captures = compiled.capture_count();
+            let rewrite = (*rewrite && captures > 0).then(|| Rewrite {
+                source: String::new(),
+                parts: vec![RewritePart::Literal("/out/".into()), RewritePart::Capture(captures)],
+            });
+            RoutePlan {
+                name: format!("r{i}"),
+                matcher: RouteMatch::Pattern(compiled),
+                from: (i % 3 == 0).then(|| vec!["desk".to_string()]),
+                targets: vec![
+                    TargetPlan::Forward { channel: "out".into(), rewrite },
+                    TargetPlan::Reply { rewrite: None },
+                ],
+                stop: i == 5,
+                incoming_patterns: i == 2,
+            }
+        })
+        .collect();
+    routes.push(RoutePlan {
+        name: "fallback".into(),
+        matcher: RouteMatch::Unmatched,
+        from: None,
+        targets: vec![TargetPlan::Forward { channel: "out".into(), rewrite: None }],
+        stop: false,
+        incoming_patterns: false,
+    });
+    RouteTable::build(&routes, |name| if name == "desk" { ChannelId(0) } else { ChannelId(1) })
+}
+
+/// Routes every message of `packet` (recursing into bundles) and renders every rewrite, as the
+/// dispatcher would, returning how many target sends it would make.
+pub fn route_packet(table: &RouteTable, packet: &PacketRef<'_>) -> usize {
+    let mut hits = Hits::default();
+    let mut caps = Captures::default();
+    let mut address = String::new();
+    let mut out = Vec::new();
+    let mut sends = 0;
+    let mut stack = vec![*packet];
+    while let Some(packet) = stack.pop() {
+        match packet {
+            PacketRef::Bundle(bundle) => stack.extend(bundle.elements()),
+            PacketRef::Message(message) => {
+                for from in [ChannelId(0), ChannelId(1)] {
+                    table.find(message.address, from, &mut hits);
+                    for &index in &hits.routes {
+                        table.captures(index, message.address, &mut caps);
+                        for target in table.route(index).targets.iter() {
+                            if let Some(rewrite) = target.rewrite() {
+                                rewrite.apply(message.address, &caps, &mut address);
+                                out.clear();
+                                encode_readdressed(&message, &address, &mut out);
+                            }
+                            sends += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    sends
+}
