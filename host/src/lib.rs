@@ -32,6 +32,8 @@
 pub mod channel;
 pub mod config;
 pub mod dispatch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod ready;
 pub mod route;
