@@ -52,13 +52,16 @@
 //! A pattern compiles into a Thompson NFA with O(pattern length) instructions. [`Pattern::is_match`]
 //! simulates it in lock step, O(address length × pattern length), with no backtracking, so hostile
 //! patterns such as `/*a*a*a*a*b` or `/{a,aa,aaa}{a,aa,aaa}...` against long addresses stay fast.
-//! It does not touch the heap for patterns of up to 256 instructions (about 200 pattern
-//! characters; its state lives in fixed arrays on the stack) and allocates two small vectors per
-//! call above that. [`Pattern::captures`] is a Pike VM (the same simulation carrying capture slots)
-//! in O(address × pattern × captures); its thread lists are thread-local scratch, reused across
-//! calls and sized to the largest pattern seen (dropped again if that exceeds 64K slots).
-//! A literal pattern (no wildcard; [`Pattern::is_literal`]) is matched by plain string equality,
-//! and any other pattern first checks its literal prefix and suffix.
+//! It does not touch the heap for patterns of up to 256 instructions (a literal character is one;
+//! with their capture marks `?` and a class are three, `*` five, `//` nine, `{...}` two plus its
+//! characters plus two per extra alternative): its state lives in stack arrays sized to the
+//! program; above that it allocates two small vectors per call.
+//! [`Pattern::captures`] is a Pike VM (the same simulation carrying capture slots), in
+//! O(address × pattern × captures); its thread lists are thread-local scratch, reused across calls
+//! and sized to the largest pattern seen (dropped again after a call that needed over 64K slots),
+//! so once warmed up it does not allocate either. A literal pattern (no wildcard;
+//! [`Pattern::is_literal`]) is matched by plain string equality; any other pattern first checks its
+//! literal prefix and suffix, and simulates only the part of the address between them.
 //!
 //! # Why not `rosc::address::Matcher`
 //!
@@ -97,7 +100,8 @@ impl PatternError {
 }
 
 /// A compiled OSC address pattern. Cheap to share (`Send + Sync`); matching never mutates it.
-#[derive(Debug, Clone)]
+/// `Debug` shows the source only (`Pattern("/a/*")`), not the compiled program.
+#[derive(Clone)]
 pub struct Pattern {
     source: String,
     captures: usize,
@@ -165,25 +169,20 @@ impl Pattern {
         if !prog.affixes_match(&self.source, address) {
             return false;
         }
-        let n = prog.insts.len();
-        if n <= INLINE_INSTS {
-            let mut cur = [0u32; INLINE_INSTS];
-            let mut next = [0u32; INLINE_INSTS];
-            let mut stack = [0u32; INLINE_INSTS];
-            let mut seen = [0u64; INLINE_INSTS / 64];
-            prog.is_match(
-                address,
-                &mut cur[..n],
-                &mut next[..n],
-                &mut stack[..n],
-                &mut seen[..n.div_ceil(64)],
-            )
-        } else {
-            let mut lists = vec![0u32; 3 * n];
-            let mut seen = vec![0u64; n.div_ceil(64)];
-            let (cur, rest) = lists.split_at_mut(n);
-            let (next, stack) = rest.split_at_mut(n);
-            prog.is_match(address, cur, next, stack, &mut seen)
+        // Stack buffers sized to the program (zeroing them is part of the cost of a call).
+        match prog.insts.len() {
+            0..=32 => prog.is_match_inline::<32, 1>(address),
+            33..=64 => prog.is_match_inline::<64, 1>(address),
+            65..=INLINE_INSTS => {
+                prog.is_match_inline::<INLINE_INSTS, { INLINE_INSTS / 64 }>(address)
+            }
+            n => {
+                let mut lists = vec![0u32; 3 * n];
+                let mut seen = vec![0u64; n.div_ceil(64)];
+                let (cur, rest) = lists.split_at_mut(n);
+                let (next, stack) = rest.split_at_mut(n);
+                prog.is_match(address, cur, next, stack, &mut seen)
+            }
         }
     }
 
@@ -213,6 +212,12 @@ impl Pattern {
             Ok(Some(matched)) => matched,
             _ => prog.fill_captures(address, nslots, &mut Scratch::default(), caps),
         }
+    }
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Pattern").field(&self.source).finish()
     }
 }
 
@@ -470,9 +475,13 @@ enum Inst {
 struct Program {
     insts: Box<[Inst]>,
     classes: Box<[Class]>,
-    /// First instruction after the literal prefix (the simulation starts there).
+    /// First instruction after the literal prefix: the simulation starts there, at byte
+    /// `prefix_len` of the address.
     start: usize,
-    /// Byte length of the literal prefix (`source[..prefix_len]`) and suffix.
+    /// First instruction of the literal suffix (`Match` when there is none): the simulation stops
+    /// `suffix_len` bytes before the end of the address and accepts if a thread is there.
+    end: usize,
+    /// Byte lengths of the literal prefix (`source[..prefix_len]`) and suffix.
     prefix_len: usize,
     suffix_len: usize,
 }
@@ -547,12 +556,20 @@ impl Program {
             _ => None,
         };
         let start = tokens.iter().take_while(|t| lit_len(t).is_some()).count();
+        let end = insts.len()
+            - 1
+            - tokens
+                .iter()
+                .rev()
+                .take_while(|t| lit_len(t).is_some())
+                .count();
         let prefix_len = tokens.iter().map_while(lit_len).sum();
         let suffix_len = tokens.iter().rev().map_while(lit_len).sum();
         Program {
             insts: insts.into(),
             classes: classes.into(),
             start,
+            end,
             prefix_len,
             suffix_len,
         }
@@ -580,8 +597,31 @@ impl Program {
         }
     }
 
-    /// Lock-step NFA simulation without captures. All slices have `insts.len()` entries except
-    /// `seen`, a bitset of that many bits.
+    /// `is_match` with its state in stack arrays of `N >= insts.len()` entries (`W` words of bits).
+    fn is_match_inline<const N: usize, const W: usize>(&self, address: &str) -> bool {
+        let n = self.insts.len();
+        let mut cur = [0u32; N];
+        let mut next = [0u32; N];
+        let mut stack = [0u32; N];
+        let mut seen = [0u64; W];
+        self.is_match(
+            address,
+            &mut cur[..n],
+            &mut next[..n],
+            &mut stack[..n],
+            &mut seen[..n.div_ceil(64)],
+        )
+    }
+
+    /// The part of the address between the literal prefix and suffix (call after
+    /// `affixes_match`; both end on character boundaries, being whole characters).
+    #[inline]
+    fn middle<'a>(&self, address: &'a str) -> &'a str {
+        &address[self.prefix_len..address.len() - self.suffix_len]
+    }
+
+    /// Lock-step NFA simulation without captures, over the middle of the address. All slices
+    /// have `insts.len()` entries except `seen`, a bitset of that many bits.
     fn is_match<'a>(
         &self,
         address: &str,
@@ -592,7 +632,7 @@ impl Program {
     ) -> bool {
         seen.fill(0);
         let mut len = self.closure(self.start, cur, 0, stack, seen);
-        for c in address[self.prefix_len..].chars() {
+        for c in self.middle(address).chars() {
             if len == 0 {
                 return false;
             }
@@ -606,9 +646,7 @@ impl Program {
             std::mem::swap(&mut cur, &mut next);
             len = next_len;
         }
-        cur[..len]
-            .iter()
-            .any(|&pc| matches!(self.insts[pc as usize], Inst::Match))
+        cur[..len].contains(&(self.end as u32))
     }
 
     /// Adds to `list[len..]` the consuming instructions (and `Match`) reachable from `pc` through
@@ -670,7 +708,8 @@ impl Program {
     }
 
     /// Pike VM: the same simulation, each thread carrying its capture slots, threads kept in
-    /// priority order so the first thread to reach `Match` at the end has the greedy captures.
+    /// priority order so the thread that reaches the literal suffix (or `Match`) at the end of the
+    /// middle is the one with the greedy captures.
     fn captures<'s>(
         &self,
         address: &str,
@@ -686,7 +725,7 @@ impl Program {
             slots,
         } = scratch;
         self.add_thread(cur, self.start, self.prefix_len, slots, stack);
-        for (offset, c) in address[self.prefix_len..].char_indices() {
+        for (offset, c) in self.middle(address).char_indices() {
             if cur.len == 0 {
                 return None;
             }
@@ -702,11 +741,10 @@ impl Program {
             std::mem::swap(cur, next);
         }
         let cur: &'s Threads = cur;
-        let pc = cur.dense[..cur.len]
-            .iter()
-            .map(|&pc| pc as usize)
-            .find(|&pc| matches!(self.insts[pc], Inst::Match))?;
-        Some(cur.slots_of(pc, nslots))
+        // Threads are in priority order, but only one can be at `end`.
+        cur.dense[..cur.len]
+            .contains(&(self.end as u32))
+            .then(|| cur.slots_of(self.end, nslots))
     }
 
     /// Adds the closure of `pc` to `list` in priority order, with `slots` as the thread's
