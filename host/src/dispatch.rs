@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use patchbay_plugin_api::osc::decode::BundleRef;
-use patchbay_plugin_api::osc::encode::encode_readdressed;
+use patchbay_plugin_api::osc::encode::{encode_blob_message, encode_readdressed};
 use patchbay_plugin_api::osc::pattern::Captures;
 use patchbay_plugin_api::osc::{DecodeError, DecodeLimits, MessageRef, PacketRef};
 
@@ -58,6 +58,7 @@ pub struct Dispatcher {
     caps: Captures,
     address: String,
     encoded: Vec<u8>,
+    raw: Vec<u8>,
     bad_input_log: RateLimitedLog,
 }
 
@@ -73,6 +74,7 @@ impl Dispatcher {
             caps: Captures::default(),
             address: String::new(),
             encoded: Vec::new(),
+            raw: Vec::new(),
             bad_input_log: RateLimitedLog::new(Duration::from_secs(1)),
         }
     }
@@ -101,6 +103,27 @@ impl Dispatcher {
                 "Dropped a packet that is not valid OSC: {reason}. The channel keeps serving."
             )
         });
+    }
+
+    /// Counts and logs a datagram larger than the channel's `max_datagram`.
+    pub fn reject_oversize(&mut self, origin: &Origin, max: usize) {
+        self.metrics.packets_in.increment(1);
+        self.reject(origin, format_args!("oversize datagram (more than max_datagram = {max} bytes)"));
+    }
+
+    /// Routes a datagram from a non-OSC device as a message at `address` with the bytes as one blob.
+    pub fn raw_datagram(&mut self, bytes: &[u8], address: &str, origin: Origin) {
+        self.metrics.packets_in.increment(1);
+        self.metrics.bytes_in.increment(bytes.len() as u64);
+        let mut encoded = std::mem::take(&mut self.raw);
+        encoded.clear();
+        encode_blob_message(address, bytes, &mut encoded);
+        match PacketRef::parse(&encoded, &self.limits) {
+            Ok(packet) => self.packet(packet, origin),
+            // Only an address that is not OSC could fail here; config validation refuses those.
+            Err(error) => self.bad_packet(bytes.len(), &origin, &error),
+        }
+        self.raw = encoded;
     }
 
     fn bad_packet(&mut self, len: usize, origin: &Origin, error: &DecodeError) {

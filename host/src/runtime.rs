@@ -71,7 +71,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         let channel_metrics = ChannelMetrics::new(&channel.name);
         match &channel.kind {
             ChannelKind::Udp(cfg) => {
-                let output = Arc::new(udp::UdpOutput::new(name.clone(), cfg, channel_metrics.clone()));
+                let output = Arc::new(cfg.output(name.clone(), channel_metrics.clone()));
                 outputs.push((id, output.clone()));
                 starts.push((id, name, channel_metrics, cfg.clone(), output));
             }

@@ -2,6 +2,7 @@
 //! struct, the ports it claims, an output handle that routes send through, and an async `run` that takes
 //! a [`ChannelContext`] (cancel token, where inbound messages go, metric handles, status reporting).
 
+pub mod datagram;
 pub mod udp;
 
 use std::collections::BTreeMap;

@@ -78,6 +78,17 @@ pub fn encode_readdressed(message: &MessageRef<'_>, address: &str, out: &mut Vec
     out.extend_from_slice(message.raw_args);
 }
 
+/// Appends a message at `address` with one blob argument, without building an owned message first
+/// (how datagrams from non-OSC devices enter routing).
+pub fn encode_blob_message(address: &str, blob: &[u8], out: &mut Vec<u8>) {
+    write_string(address, out);
+    out.extend_from_slice(b",b\0\0");
+    out.extend_from_slice(&(blob.len() as u32).to_be_bytes());
+    let start = out.len();
+    out.extend_from_slice(blob);
+    pad_from(start, out);
+}
+
 /// The number of bytes [`encode`] produces for `packet`, to size buffers up front.
 pub fn encoded_len(packet: &OscPacket) -> usize {
     match packet {

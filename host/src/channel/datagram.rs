@@ -1,0 +1,360 @@
+//! What the datagram transports (`udp`, `multicast`, `broadcast`) share: the output handle routes send
+//! through, the receive loop, binding with retry, `format: raw`, and recognising our own datagrams.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use patchbay_plugin_api::osc::{ArgRef, PacketRef};
+use serde::Deserialize;
+use tokio::net::UdpSocket;
+
+use crate::channel::{ChannelContext, ChannelStatus, Origin, Output};
+use crate::config::NetRange;
+use crate::dispatch::RateLimitedLog;
+use crate::metrics::ChannelMetrics;
+
+/// What a datagram channel carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// OSC packets.
+    #[default]
+    Osc,
+    /// Anything else (projectors, plain-text show gear): each datagram becomes a message at
+    /// `raw_address` with one blob argument; a message forwarded here sends its blob (or string) bytes.
+    Raw,
+}
+
+pub fn default_max_datagram() -> usize {
+    65_507
+}
+
+pub fn default_retry_ms() -> u64 {
+    1_000
+}
+
+/// The last datagrams a channel sent, so a copy that comes back to us (multicast loop, broadcast to
+/// our own port) is recognised and not routed again. Lock-free: senders are other channels' tasks.
+pub struct OwnDatagrams {
+    hashes: [AtomicU64; 64],
+    next: AtomicUsize,
+}
+
+impl Default for OwnDatagrams {
+    fn default() -> Self {
+        OwnDatagrams { hashes: std::array::from_fn(|_| AtomicU64::new(0)), next: AtomicUsize::new(0) }
+    }
+}
+
+impl OwnDatagrams {
+    fn remember(&self, bytes: &[u8]) {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.hashes.len();
+        self.hashes[slot].store(fingerprint(bytes), Ordering::Relaxed);
+    }
+
+    /// True (once) when `bytes` is a datagram we sent recently.
+    fn take(&self, bytes: &[u8]) -> bool {
+        let wanted = fingerprint(bytes);
+        self.hashes.iter().any(|h| h.compare_exchange(wanted, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok())
+    }
+}
+
+/// FNV-1a, never 0 (0 marks an empty slot).
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash.max(1)
+}
+
+/// The sending half of a datagram channel, shared by every route that forwards to it. The socket
+/// appears once `run` has bound it; the destination can change while the show runs.
+pub struct DatagramOutput {
+    name: Arc<str>,
+    socket: ArcSwapOption<UdpSocket>,
+    destination: ArcSwapOption<SocketAddr>,
+    format: Format,
+    metrics: ChannelMetrics,
+    /// Set on channels whose own datagrams can come back to them.
+    own: Option<Arc<OwnDatagrams>>,
+    loss_log: std::sync::Mutex<RateLimitedLog>,
+}
+
+impl DatagramOutput {
+    pub fn new(
+        name: Arc<str>,
+        destination: Option<SocketAddr>,
+        format: Format,
+        metrics: ChannelMetrics,
+        own: Option<Arc<OwnDatagrams>>,
+    ) -> Self {
+        DatagramOutput {
+            name,
+            socket: ArcSwapOption::empty(),
+            destination: ArcSwapOption::new(destination.map(Arc::new)),
+            format,
+            metrics,
+            own,
+            loss_log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(1))),
+        }
+    }
+
+    pub fn set_destination(&self, destination: Option<SocketAddr>) {
+        self.destination.store(destination.map(Arc::new));
+    }
+
+    pub fn destination(&self) -> Option<SocketAddr> {
+        self.destination.load().as_deref().copied()
+    }
+
+    pub fn set_socket(&self, socket: Option<Arc<UdpSocket>>) {
+        self.socket.store(socket);
+    }
+
+    fn send_to(&self, packet: &[u8], to: SocketAddr) {
+        match self.format {
+            Format::Osc => self.send_datagram(packet, to),
+            Format::Raw => self.send_raw(packet, to),
+        }
+    }
+
+    /// A raw device gets each message's payload: its first blob or string argument.
+    fn send_raw(&self, packet: &[u8], to: SocketAddr) {
+        // Packets reaching an output were validated on the way in (or built by us).
+        let Ok(packet) = PacketRef::parse(packet, &Default::default()) else { return };
+        let mut stack = vec![packet];
+        while let Some(packet) = stack.pop() {
+            match packet {
+                PacketRef::Bundle(bundle) => {
+                    let mut elements: Vec<_> = bundle.elements().collect();
+                    elements.reverse();
+                    stack.extend(elements);
+                }
+                PacketRef::Message(message) => {
+                    let payload = message.arg_refs().find_map(|arg| match arg {
+                        ArgRef::Blob(bytes) => Some(bytes),
+                        ArgRef::Str(text) | ArgRef::Symbol(text) => Some(text.as_bytes()),
+                        _ => None,
+                    });
+                    match payload {
+                        Some(bytes) => self.send_datagram(bytes, to),
+                        None => {
+                            self.metrics.drops.increment(1);
+                            self.log_loss(format_args!(
+                                "`{}` has no blob or string argument to send to a raw channel",
+                                message.address
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_datagram(&self, bytes: &[u8], to: SocketAddr) {
+        let guard = self.socket.load();
+        let Some(socket) = guard.as_ref() else {
+            self.metrics.drops.increment(1);
+            self.log_loss(format_args!("its socket is not bound (yet)"));
+            return;
+        };
+        if let Some(own) = &self.own {
+            own.remember(bytes);
+        }
+        match socket.try_send_to(bytes, to) {
+            Ok(_) => {
+                self.metrics.packets_out.increment(1);
+                self.metrics.bytes_out.increment(bytes.len() as u64);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.metrics.drops.increment(1);
+                self.log_loss(format_args!("the socket's send buffer is full (raise send_buffer)"));
+            }
+            Err(e) => {
+                self.metrics.send_errors.increment(1);
+                self.log_loss(format_args!("the system refused the send to {to}: {e}"));
+            }
+        }
+    }
+
+    // Only reached when a packet is lost, so the lock is off the normal path.
+    fn log_loss(&self, why: std::fmt::Arguments<'_>) {
+        if let Ok(mut log) = self.loss_log.lock() {
+            let name = &self.name;
+            log.log(|suppressed| {
+                tracing::warn!(channel = %name, suppressed, "Dropped an outgoing packet: {why}.")
+            });
+        }
+    }
+}
+
+impl Output for DatagramOutput {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send(&self, packet: &[u8]) {
+        match self.destination.load().as_deref() {
+            Some(&to) => self.send_to(packet, to),
+            None => {
+                self.metrics.drops.increment(1);
+                self.log_loss(format_args!("the channel has no `send` destination"));
+            }
+        }
+    }
+
+    fn reply(&self, origin: &Origin, packet: &[u8]) {
+        self.send_to(packet, origin.addr);
+    }
+}
+
+/// Receive-side settings; the allow list can change while the show runs.
+pub struct ReceiveOptions {
+    pub allow: Arc<ArcSwap<Vec<NetRange>>>,
+    pub max_datagram: usize,
+    pub format: Format,
+    pub raw_address: String,
+    pub own: Option<OwnCheck>,
+}
+
+/// How a channel whose datagrams can come back to it recognises them: the source port is ours, the
+/// source IP is one of ours, and the bytes are a datagram we sent recently. All three, so another
+/// machine sending the same bytes from the same port number is still routed.
+pub struct OwnCheck {
+    pub sent: Arc<OwnDatagrams>,
+    pub ips: Vec<IpAddr>,
+}
+
+/// SO_RCVBUF / SO_SNDBUF when configured (the OS default otherwise).
+pub fn set_buffers(socket: &socket2::Socket, recv: Option<usize>, send: Option<usize>) -> io::Result<()> {
+    if let Some(size) = recv {
+        socket.set_recv_buffer_size(size)?;
+    }
+    if let Some(size) = send {
+        socket.set_send_buffer_size(size)?;
+    }
+    Ok(())
+}
+
+/// Binds with `bind`, retrying every `retry_ms` while it fails (a port that is taken must not stop
+/// the show), and reports each attempt on the status board. Returns `None` when cancelled, and the
+/// error at once when `strict`.
+pub async fn bind_with_retry(
+    ctx: &ChannelContext,
+    kind: &'static str,
+    what: SocketAddr,
+    send: Option<SocketAddr>,
+    retry_ms: u64,
+    strict: bool,
+    mut bind: impl FnMut() -> io::Result<UdpSocket>,
+) -> Result<Option<Arc<UdpSocket>>, BindError> {
+    loop {
+        match bind() {
+            Ok(socket) => return Ok(Some(Arc::new(socket))),
+            Err(source) => {
+                let error = BindError { channel: ctx.name.to_string(), kind, addr: what, source };
+                ctx.metrics.up.set(0.0);
+                ctx.status.set(
+                    &ctx.name,
+                    ChannelStatus {
+                        kind,
+                        listen: None,
+                        local: None,
+                        send,
+                        up: false,
+                        error: Some(format!("{error}; retrying every {retry_ms} ms")),
+                    },
+                );
+                if strict {
+                    return Err(error);
+                }
+                tracing::error!(
+                    channel = %ctx.name, port = what.port(), retry_ms,
+                    "Channel cannot bind: {error}. The other channels keep running and this one retries; \
+                     free the port or change the channel's address."
+                );
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(Duration::from_millis(retry_ms.max(10))) => {}
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("channel `{channel}` cannot bind {kind} port {port} on {ip}: {source}", port = addr.port(), ip = addr.ip())]
+pub struct BindError {
+    pub channel: String,
+    pub kind: &'static str,
+    pub addr: SocketAddr,
+    pub source: io::Error,
+}
+
+/// Marks the channel up, receives until cancelled, then marks it down.
+pub async fn receive(
+    socket: Arc<UdpSocket>,
+    output: &DatagramOutput,
+    options: ReceiveOptions,
+    mut status: ChannelStatus,
+    ctx: &mut ChannelContext,
+) {
+    let local = socket.local_addr().ok();
+    output.set_socket(Some(socket.clone()));
+    ctx.metrics.up.set(1.0);
+    status.local = local;
+    status.up = true;
+    status.error = None;
+    ctx.status.set(&ctx.name, status);
+    tracing::info!(channel = %ctx.name, local = ?local, send = ?output.destination(), "Channel is up.");
+
+    let max = options.max_datagram;
+    // One byte more than the limit tells an oversize datagram from one that fits exactly.
+    let mut buffer = vec![0u8; max + 1];
+    let cancel = ctx.cancel.clone();
+    let receiving = async {
+        loop {
+            let (len, from) = match socket.recv_from(&mut buffer).await {
+                Ok(received) => received,
+                Err(e) => {
+                    // Transient (e.g. an ICMP report on some systems): keep serving.
+                    tracing::debug!(channel = %ctx.name, error = %e, "Receive failed; continuing.");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+            };
+            let datagram = &buffer[..len.min(max + 1)];
+            if let (Some(own), Some(local)) = (&options.own, local) {
+                if from.port() == local.port() && own.ips.contains(&from.ip()) && own.sent.take(datagram) {
+                    continue;
+                }
+            }
+            let allowed = options.allow.load();
+            if !allowed.is_empty() && !allowed.iter().any(|net| net.contains(from.ip())) {
+                ctx.metrics.disallowed.increment(1);
+                tracing::debug!(channel = %ctx.name, sender = %from, "Dropped a datagram from outside the allow list.");
+                continue;
+            }
+            let origin = Origin { channel: ctx.id, addr: from };
+            if len > max {
+                ctx.inbound.reject_oversize(&origin, max);
+                continue;
+            }
+            match options.format {
+                Format::Osc => ctx.inbound.datagram(datagram, origin),
+                Format::Raw => ctx.inbound.raw_datagram(datagram, &options.raw_address, origin),
+            }
+        }
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = receiving => {}
+    }
+    output.set_socket(None);
+    ctx.metrics.up.set(0.0);
+}
