@@ -3,6 +3,8 @@
 //! a [`ChannelContext`] (cancel token, where inbound messages go, metric handles, status reporting).
 
 pub mod datagram;
+pub mod broadcast;
+pub mod multicast;
 pub mod udp;
 
 use std::collections::BTreeMap;
