@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod ready;
 pub mod route;
 pub mod runtime;
+pub mod scheduler;
 pub mod tools;
 
 pub use runtime::{run, RunError, RunOptions};

@@ -23,6 +23,10 @@ pub const CHANNEL_SEND_ERRORS: &str = "patchbay_channel_send_errors_total";
 pub const CHANNEL_UP: &str = "patchbay_channel_up";
 pub const ROUTE_MATCHES: &str = "patchbay_route_matches_total";
 pub const UNMATCHED: &str = "patchbay_unmatched_total";
+pub const BUNDLES_SCHEDULED: &str = "patchbay_bundles_scheduled_total";
+pub const BUNDLES_LATE: &str = "patchbay_bundles_late_total";
+pub const BUNDLES_FAR_FUTURE: &str = "patchbay_bundles_far_future_total";
+pub const BUNDLES_DROPPED: &str = "patchbay_bundles_dropped_total";
 
 /// Every metric with its meaning, for `--help`-style listings and the README.
 pub const ALL: &[(&str, &str)] = &[
@@ -38,6 +42,10 @@ pub const ALL: &[(&str, &str)] = &[
     (CHANNEL_UP, "1 while the channel's socket is bound, else 0"),
     (ROUTE_MATCHES, "messages a route matched"),
     (UNMATCHED, "messages no route matched"),
+    (BUNDLES_SCHEDULED, "messages held until their bundle's time tag (unbundle forwards, scripts, plugins)"),
+    (BUNDLES_LATE, "bundles whose time tag had already passed on arrival (dispatched at once)"),
+    (BUNDLES_FAR_FUTURE, "bundles whose time tag lay beyond bundles.horizon_ms (dispatched at once or dropped)"),
+    (BUNDLES_DROPPED, "time-tagged messages dropped because the bundle queue was full or by the far-future policy"),
 ];
 
 /// The per-channel handles.
