@@ -31,7 +31,9 @@ impl FromStr for NetRange {
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(NetRange(IpNet::from(ip)));
         }
-        Err(format!("`{s}` is not a network (write 192.168.1.0/24 or a single address like 192.168.1.20)"))
+        Err(format!(
+            "`{s}` is not a network (write 192.168.1.0/24 or a single address like 192.168.1.20)"
+        ))
     }
 }
 

@@ -58,7 +58,10 @@ pub enum RouteMatch {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetPlan {
-    Forward { channel: String, rewrite: Option<Rewrite> },
+    Forward {
+        channel: String,
+        rewrite: Option<Rewrite>,
+    },
     /// Back to the message's origin, from the socket that received it.
     Reply { rewrite: Option<Rewrite> },
 }
@@ -80,4 +83,20 @@ pub enum RewritePart {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsPlan {
     pub listen: SocketAddr,
+}
+
+impl Plan {
+    /// The channel called `name`.
+    pub fn channel(&self, name: &str) -> Option<&ChannelPlan> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+
+    /// The folder relative paths in the config are resolved against: the config file's folder
+    /// (`.` for a bare file name).
+    pub fn base_dir(&self) -> PathBuf {
+        match self.source.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
 }
