@@ -53,9 +53,15 @@ fn want<'a>(path: &'a str, at: &'a str, mentions: &'a [&'a str]) -> Want<'a> {
 /// Finds the error line for `w` in `output`; panics with everything when it is missing or wrong.
 fn assert_reported(yaml: &str, output: &str, w: &Want) -> usize {
     let (line, col) = position(yaml, w.at, w.nth);
+    // The key's column, or any column inside the value (a message may point at the offending
+    // character, e.g. the unclosed `[` of a pattern).
     let mut cols = vec![col];
-    if let Some(i) = w.at.find(": ") {
-        cols.push(col + w.at[..i + 2].chars().count());
+    match w.at.find(": ") {
+        Some(i) => {
+            let value_col = col + w.at[..i + 2].chars().count();
+            cols.extend(value_col..value_col + w.at[i + 2..].chars().count());
+        }
+        None => cols.extend(col + 1..col + w.at.chars().count()),
     }
     let prefix_line = format!("cfg.yaml:{line}:");
     let with_path = format!(": {}: ", w.path);

@@ -84,7 +84,7 @@ fn python_osc_message_builder_types_through_patchbay() {
     let spec = json!([
         {"message": "/py/typed", "args": [
             ["i", -7], ["f", 0.1], ["d", 0.1], ["h", -9_000_000_000i64], ["s", "héllo"],
-            ["b", {"blob": ""}], ["r", 0x1122_3344u32], ["m", {"midi": [1, 0x90, 60, 127]}],
+            ["b", {"blob": "00"}], ["r", 0x1122_3344u32], ["m", {"midi": [1, 0x90, 60, 127]}],
             ["T", true], ["F", false], ["N", null], [["i", "s", "d"], [1, "in", 2.5]]
         ]},
         {"message": "/untouched", "args": [["d", 1e300], ["s", ""]]},
@@ -97,7 +97,7 @@ fn python_osc_message_builder_types_through_patchbay() {
     assert_eq!(a[2].as_f64(), Some(0.1), "d keeps its 64-bit value");
     assert_eq!(a[3], -9_000_000_000i64);
     assert_eq!(a[4], "héllo");
-    assert_eq!(a[5], json!({"blob": ""}));
+    assert_eq!(a[5], json!({"blob": "00"}));
     assert_eq!(a[6], 0x1122_3344u32);
     assert_eq!(a[7], json!({"midi": [1, 0x90, 60, 127]}));
     assert_eq!(a[8], true);
