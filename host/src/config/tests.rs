@@ -1180,3 +1180,56 @@ channels:
         ],
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// robustness
+
+/// A save interrupted anywhere: every prefix of the demo config is either valid or reported with a
+/// real position inside the text, and nothing panics.
+#[test]
+fn every_truncation_of_the_demo_is_reported_with_a_position() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo.yaml");
+    let text = std::fs::read_to_string(&path).expect("configs/demo.yaml");
+    let lines = text.lines().count() + 1;
+    let mut failures = 0;
+    for (cut, _) in text.char_indices() {
+        let prefix = &text[..cut];
+        if let Err(errs) = parse(prefix, &path) {
+            failures += 1;
+            assert!(!errs.0.is_empty());
+            for e in &errs.0 {
+                assert!(
+                    (1..=lines).contains(&e.line) && e.column >= 1,
+                    "cut at byte {cut}: error without a position: {e}"
+                );
+            }
+            let mut sorted = errs.0.clone();
+            sorted.sort_by_key(|e| (e.line, e.column));
+            assert_eq!(sorted, errs.0, "cut at byte {cut}: not in document order");
+        }
+    }
+    assert!(failures > 0);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Arbitrary text never panics the loader.
+    #[test]
+    fn arbitrary_text_never_panics(text in "[ -~\\n\\t]{0,200}") {
+        let _ = parse(&text, Path::new("x.yaml"));
+    }
+
+    /// Any one line of a valid config replaced by junk: no panic, and any error has a position.
+    #[test]
+    fn a_corrupted_line_is_positioned(line in 0usize..17, junk in "[ -~]{0,30}") {
+        let mut lines: Vec<&str> = CONTRACT_EXAMPLE.lines().collect();
+        lines[line] = &junk;
+        let text = lines.join("\n");
+        if let Err(errs) = parse(&text, Path::new("x.yaml")) {
+            for e in errs.0 {
+                proptest::prop_assert!(e.line >= 1 && e.column >= 1, "{}", e);
+            }
+        }
+    }
+}

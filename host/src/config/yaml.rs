@@ -368,3 +368,98 @@ pub(crate) fn join(parent: &str, child: &str) -> String {
         format!("{parent}.{child}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(node: &Node) -> (usize, usize) {
+        (node.line, node.column)
+    }
+
+    #[test]
+    fn every_key_and_value_has_its_position() {
+        let text = "a: 1\nb:\n  - x\n  - { k: 'v w' }\n";
+        let root = parse_tree(text).expect("valid");
+        let Value::Map(pairs) = &root.value else {
+            panic!("map")
+        };
+        assert_eq!(at(&pairs[0].0), (1, 1));
+        assert_eq!(at(&pairs[0].1), (1, 4));
+        assert_eq!(pairs[0].1.raw.as_deref(), Some("1"));
+        let Value::Seq(items) = &pairs[1].1.value else {
+            panic!("seq")
+        };
+        assert_eq!(at(&items[0]), (3, 5));
+        let k = items[1].get("k").expect("k");
+        assert_eq!((at(k), k.raw.as_deref()), ((4, 10), Some("'v w'")));
+        assert_eq!(k.column_of_char(2), Some(13));
+    }
+
+    /// What we rely on from serde-saphyr: with `LastWins`, a map visitor sees every pair, repeats
+    /// included (with `Error`, the first repeat would end the parse with one error).
+    #[test]
+    fn duplicate_keys_reach_the_tree_and_are_reported_once_each() {
+        let text = "a: 1\nb: 2\na: 3\nm: { x: 1, x: 2, x: 3 }\n";
+        let mut root = parse_tree(text).expect("valid");
+        let Value::Map(pairs) = &root.value else {
+            panic!("map")
+        };
+        assert_eq!(pairs.len(), 4);
+        let mut dups = Vec::new();
+        dedup_keys(&mut root, "", &mut dups);
+        let found: Vec<(String, usize, usize, usize)> = dups
+            .into_iter()
+            .map(|d| (d.path, d.line, d.column, d.first_line))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("a".to_string(), 3, 1, 1),
+                ("m.x".to_string(), 4, 12, 4),
+                ("m.x".to_string(), 4, 18, 4)
+            ]
+        );
+        assert_eq!(root.get("a").and_then(Node::text).as_deref(), Some("1"));
+    }
+
+    /// Why we do not slice the text per entry: a `Spanned` map or list only spans its first token
+    /// (nothing for a block map, the `{` of a flow map), never the whole node.
+    #[test]
+    fn container_spans_do_not_cover_the_node() {
+        let text = "block:\n  a: 1\nflow: { a: 1 }\n";
+        let root: Spanned<Raw> = serde_saphyr::from_str(text).expect("valid");
+        let Raw::Map(pairs) = root.value else {
+            panic!("map")
+        };
+        let lens: Vec<Option<u64>> = pairs
+            .iter()
+            .map(|(_, v)| v.referenced.span().byte_len())
+            .collect();
+        assert_eq!(lens, [Some(0), Some(1)]);
+    }
+
+    #[test]
+    fn scalars_keep_their_spelling_as_text() {
+        let root = parse_tree("n: on\nx: 0x10\ny: 1.10\nz: true\nq: \"7\"\n").expect("valid");
+        let text = |k: &str| root.get(k).and_then(Node::text);
+        // Strict booleans: `on` is a string, so a channel may be called `on` or `n`.
+        assert_eq!(
+            root.get("n").map(|n| &n.value),
+            Some(&Value::Str("on".into()))
+        );
+        assert_eq!(text("x").as_deref(), Some("0x10"));
+        assert_eq!(text("y").as_deref(), Some("1.10"));
+        assert_eq!(root.get("z").map(|n| &n.value), Some(&Value::Bool(true)));
+        assert_eq!(text("q").as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn paths_quote_awkward_keys() {
+        assert_eq!(join("", "a"), "a");
+        assert_eq!(join("channels", "desk"), "channels.desk");
+        assert_eq!(join("channels", "front desk"), "channels.\"front desk\"");
+        assert_eq!(join("channels", "a.b"), "channels.\"a.b\"");
+        assert_eq!(join("channels", ""), "channels.\"\"");
+    }
+}
