@@ -56,6 +56,15 @@ fn with_routes(routes: &str) -> String {
     format!("{HEAD}{}", routes.strip_prefix('\n').unwrap_or(routes))
 }
 
+/// The udp settings of channel `name` (panics when it is missing or of another kind).
+fn udp<'p>(plan: &'p Plan, name: &str) -> &'p UdpConfig {
+    match plan.channel(name).map(|c| &c.kind) {
+        Some(ChannelKind::Udp(u)) => u,
+        #[allow(unreachable_patterns)] // more kinds come later
+        other => panic!("channel `{name}` is not a udp channel: {other:?}"),
+    }
+}
+
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address")
 }
@@ -92,12 +101,12 @@ fn the_contract_example_builds_the_expected_plan() {
     let names: Vec<&str> = plan.channels.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["desk", "lights"]);
     let desk = plan.channel("desk").expect("desk");
-    let ChannelKind::Udp(udp) = &desk.kind;
-    assert_eq!(udp.kind, "udp");
-    assert_eq!(udp.listen, Some(addr("127.0.0.1:9000")));
-    assert_eq!(udp.send, None);
+    let desk_udp = udp(&plan, "desk");
+    assert_eq!(desk_udp.kind, "udp");
+    assert_eq!(desk_udp.listen, Some(addr("127.0.0.1:9000")));
+    assert_eq!(desk_udp.send, None);
     assert_eq!(
-        udp.allow,
+        desk_udp.allow,
         vec!["127.0.0.1/32".parse::<NetRange>().expect("net")]
     );
     // Absent settings take the udp channel's own defaults.
@@ -105,15 +114,15 @@ fn the_contract_example_builds_the_expected_plan() {
         serde_saphyr::from_str("kind: udp\n").expect("UdpConfig with only a kind");
     assert_eq!(
         (
-            udp.max_datagram,
-            udp.recv_buffer,
-            udp.send_buffer,
-            udp.retry_ms
+            desk_udp.max_datagram,
+            desk_udp.recv_buffer,
+            desk_udp.send_buffer,
+            desk_udp.retry_ms
         ),
         (defaults.max_datagram, None, None, defaults.retry_ms)
     );
     assert_eq!(desk.kind.kind_name(), "udp");
-    let ChannelKind::Udp(lights) = &plan.channel("lights").expect("lights").kind;
+    let lights = udp(&plan, "lights");
     assert_eq!(lights.send, Some(addr("127.0.0.1:7000")));
     assert!(plan.channel("nope").is_none());
 
@@ -174,15 +183,15 @@ fn the_demo_config_parses_cleanly() {
     assert_eq!(plan.source, path);
     let names: Vec<&str> = plan.channels.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["desk", "lights", "sound"]);
-    let ChannelKind::Udp(desk) = &plan.channel("desk").expect("desk").kind;
+    let desk = udp(&plan, "desk");
     assert_eq!(desk.listen, Some(addr("127.0.0.1:9000")));
-    let ChannelKind::Udp(lights) = &plan.channel("lights").expect("lights").kind;
+    let lights = udp(&plan, "lights");
     assert_eq!(lights.send, Some(addr("127.0.0.1:7000")));
-    let ChannelKind::Udp(sound) = &plan.channel("sound").expect("sound").kind;
+    let sound = udp(&plan, "sound");
     assert_eq!(sound.send, Some(addr("127.0.0.1:7001")));
     // Everything binds to loopback only.
     for c in &plan.channels {
-        let ChannelKind::Udp(u) = &c.kind;
+        let u = udp(&plan, &c.name);
         for a in u.listen.iter().chain(u.send.iter()) {
             assert!(a.ip().is_loopback(), "{} uses {a}", c.name);
         }
@@ -279,13 +288,13 @@ channels:
   v6: { kind: udp, listen: \"[::1]:9000\", send: \"[::1]:9001\" }
 ",
     );
-    let ChannelKind::Udp(n) = &p.channel("n").expect("n").kind;
+    let n = udp(&p, "n");
     assert_eq!(
         (n.max_datagram, n.recv_buffer, n.send_buffer, n.retry_ms),
         (1500, Some(1_048_576), Some(65_536), 250)
     );
     assert_eq!(n.allow.len(), 2);
-    let ChannelKind::Udp(v6) = &p.channel("v6").expect("v6").kind;
+    let v6 = udp(&p, "v6");
     assert_eq!(v6.listen, Some(addr("[::1]:9000")));
 }
 
