@@ -94,10 +94,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
     let mut duplicates = Vec::new();
     yaml::dedup_keys(&mut root, "", &mut duplicates);
     for d in duplicates {
-        let is_channel = d
-            .path
-            .strip_prefix("channels.")
-            .is_some_and(|rest| rest == d.key);
+        let is_channel = d.path == join("channels", &d.key);
         let message = if is_channel {
             format!(
                 "channel `{}` is defined twice (first at line {}); give each channel a unique name",
@@ -135,7 +132,11 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
             Some("channels") => channels_node = Some(value),
             Some("routes") => routes_node = Some(value),
             Some("metrics") => metrics_node = Some(value),
-            Some(other) => errs.at(key_node, other, unknown_key_message(other, TOP_KEYS)),
+            Some(other) => errs.at(
+                key_node,
+                &join("", other),
+                unknown_key_message(other, TOP_KEYS),
+            ),
             None => errs.at(key_node, DOCUMENT, non_text_key(key_node)),
         }
     }

@@ -635,13 +635,18 @@ channels:
   desk: { kind: udp, listen: 127.0.0.1:9000 }
   lights: { kind: udp, send: 127.0.0.1:7000 }
   desk: { kind: udp, listen: 127.0.0.1:9001 }
+  fx.1: { kind: udp, send: 127.0.0.1:7001 }
+  fx.1: { kind: udp, send: 127.0.0.1:7002 }
 ",
-        &[(
-            "channels.desk",
-            5,
-            3,
-            "channel `desk` is defined twice (first at line 3); give each channel a unique name",
-        )],
+        &[
+            (
+                "channels.desk",
+                5,
+                3,
+                "channel `desk` is defined twice (first at line 3); give each channel a unique name",
+            ),
+            ("channels.\"fx.1\"", 7, 3, "channel `fx.1` is defined twice (first at line 6)"),
+        ],
     );
 }
 
