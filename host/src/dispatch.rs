@@ -4,7 +4,7 @@
 //! entirely by the table that was current when its packet arrived.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use patchbay_plugin_api::osc::decode::BundleRef;
@@ -15,6 +15,7 @@ use patchbay_plugin_api::osc::{DecodeError, DecodeLimits, MessageRef, PacketRef}
 use crate::channel::{Origin, Output};
 use crate::metrics::ChannelMetrics;
 use crate::route::{ChannelId, Hits, RouteTable, Target};
+use crate::scheduler::{classify, FarFuture, Scheduler, Timing};
 
 /// What routing needs at once: the table and the outputs its targets name. Swapped as one unit.
 pub struct Switchboard {
@@ -25,13 +26,25 @@ pub struct Switchboard {
 }
 
 impl Switchboard {
-    pub fn new(generation: u64, table: RouteTable, outputs: Vec<(ChannelId, Arc<dyn Output>)>) -> Self {
-        let len = outputs.iter().map(|(id, _)| id.0 as usize + 1).max().unwrap_or(0);
+    pub fn new(
+        generation: u64,
+        table: RouteTable,
+        outputs: Vec<(ChannelId, Arc<dyn Output>)>,
+    ) -> Self {
+        let len = outputs
+            .iter()
+            .map(|(id, _)| id.0 as usize + 1)
+            .max()
+            .unwrap_or(0);
         let mut by_id: Vec<Option<Arc<dyn Output>>> = vec![None; len];
         for (id, output) in outputs {
             by_id[id.0 as usize] = Some(output);
         }
-        Switchboard { generation, table, outputs: by_id }
+        Switchboard {
+            generation,
+            table,
+            outputs: by_id,
+        }
     }
 
     pub fn output(&self, id: ChannelId) -> Option<&Arc<dyn Output>> {
@@ -52,6 +65,7 @@ pub struct Dispatcher {
     channel: ChannelId,
     name: Arc<str>,
     board: SharedSwitchboard,
+    scheduler: Arc<Scheduler>,
     metrics: ChannelMetrics,
     limits: DecodeLimits,
     hits: Hits,
@@ -63,9 +77,16 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(channel: ChannelId, name: Arc<str>, board: SharedSwitchboard, metrics: ChannelMetrics) -> Self {
+    pub fn new(
+        channel: ChannelId,
+        name: Arc<str>,
+        board: SharedSwitchboard,
+        scheduler: Arc<Scheduler>,
+        metrics: ChannelMetrics,
+    ) -> Self {
         Dispatcher {
             channel,
+            scheduler,
             name,
             board,
             metrics,
@@ -108,7 +129,10 @@ impl Dispatcher {
     /// Counts and logs a datagram larger than the channel's `max_datagram`.
     pub fn reject_oversize(&mut self, origin: &Origin, max: usize) {
         self.metrics.packets_in.increment(1);
-        self.reject(origin, format_args!("oversize datagram (more than max_datagram = {max} bytes)"));
+        self.reject(
+            origin,
+            format_args!("oversize datagram (more than max_datagram = {max} bytes)"),
+        );
     }
 
     /// Routes a datagram from a non-OSC device as a message at `address` with the bytes as one blob.
@@ -136,8 +160,9 @@ impl Dispatcher {
         match packet {
             PacketRef::Message(message) => self.message(&board, &message, &origin),
             PacketRef::Bundle(bundle) => {
+                let now = (SystemTime::now(), Instant::now());
                 let mut per_destination: Vec<(Destination, Vec<u8>)> = Vec::new();
-                self.collect_bundle(&board, &bundle, &origin, &mut per_destination);
+                self.collect_bundle(&board, &bundle, &origin, now, &mut per_destination);
                 for (destination, elements) in &per_destination {
                     if elements.as_slice() == bundle.raw_elements {
                         // Everything went one way unchanged: the original bytes, no re-encoding.
@@ -155,36 +180,51 @@ impl Dispatcher {
 
     fn message(&mut self, board: &Switchboard, message: &MessageRef<'_>, origin: &Origin) {
         self.metrics.messages_in.increment(1);
-        board.table.find(message.address, self.channel, &mut self.hits);
+        board
+            .table
+            .find(message.address, self.channel, &mut self.hits);
         for &index in &self.hits.routes {
             let route = board.table.route(index);
             if route.needs_captures {
                 board.table.captures(index, message.address, &mut self.caps);
             }
             for target in route.targets.iter() {
-                let bytes = render(target, message, &self.caps, &mut self.address, &mut self.encoded);
-                match target {
-                    Target::Forward { channel, .. } => send_to(board, Destination::Forward(*channel), origin, bytes),
-                    Target::Reply { .. } => send_to(board, Destination::Reply, origin, bytes),
-                }
+                let bytes = render(
+                    target,
+                    message,
+                    &self.caps,
+                    &mut self.address,
+                    &mut self.encoded,
+                );
+                send_to(board, destination(target), origin, bytes);
             }
         }
     }
 
     /// Routes each message of a bundle and gathers, per destination, the elements that go there, so a
-    /// forward passes a bundle on as a bundle with its time tag (nested bundles stay nested).
+    /// forward passes a bundle on as a bundle with its time tag (nested bundles stay nested). Targets
+    /// that act on messages one by one (`unbundle`) get them at the bundle's time instead.
     fn collect_bundle(
         &mut self,
         board: &Switchboard,
         bundle: &BundleRef<'_>,
         origin: &Origin,
+        now: (SystemTime, Instant),
         out: &mut Vec<(Destination, Vec<u8>)>,
     ) {
+        let timing = classify(bundle.timetag, now.0, self.scheduler.horizon());
+        match timing {
+            Timing::Now { late: true } => self.scheduler.metrics.late.increment(1),
+            Timing::FarFuture(_) => self.scheduler.metrics.far_future.increment(1),
+            _ => {}
+        }
         for element in bundle.elements() {
             match element {
                 PacketRef::Message(message) => {
                     self.metrics.messages_in.increment(1);
-                    board.table.find(message.address, self.channel, &mut self.hits);
+                    board
+                        .table
+                        .find(message.address, self.channel, &mut self.hits);
                     let hits = std::mem::take(&mut self.hits.routes);
                     for &index in &hits {
                         let route = board.table.route(index);
@@ -192,19 +232,35 @@ impl Dispatcher {
                             board.table.captures(index, message.address, &mut self.caps);
                         }
                         for target in route.targets.iter() {
-                            let destination = match target {
-                                Target::Forward { channel, .. } => Destination::Forward(*channel),
-                                Target::Reply { .. } => Destination::Reply,
-                            };
-                            let bytes = render(target, &message, &self.caps, &mut self.address, &mut self.encoded);
-                            append_element(out, destination, bytes);
+                            let bytes = render(
+                                target,
+                                &message,
+                                &self.caps,
+                                &mut self.address,
+                                &mut self.encoded,
+                            );
+                            match target {
+                                Target::Forward {
+                                    channel,
+                                    unbundle: true,
+                                    ..
+                                } => unbundled(
+                                    &self.scheduler,
+                                    board,
+                                    *channel,
+                                    bytes,
+                                    timing,
+                                    now.1,
+                                ),
+                                _ => append_element(out, destination(target), bytes),
+                            }
                         }
                     }
                     self.hits.routes = hits;
                 }
                 PacketRef::Bundle(inner) => {
                     let mut nested = Vec::new();
-                    self.collect_bundle(board, &inner, origin, &mut nested);
+                    self.collect_bundle(board, &inner, origin, now, &mut nested);
                     for (destination, elements) in nested {
                         let mut bytes = Vec::with_capacity(16 + elements.len());
                         bytes.extend_from_slice(&inner.raw[..16]);
@@ -214,6 +270,39 @@ impl Dispatcher {
                 }
             }
         }
+    }
+}
+
+/// One message of a bundle for an `unbundle` forward: now, at its time, or (far-future policy) never.
+fn unbundled(
+    scheduler: &Scheduler,
+    board: &Switchboard,
+    channel: ChannelId,
+    bytes: &[u8],
+    timing: Timing,
+    now: Instant,
+) {
+    let Some(output) = board.output(channel) else {
+        return;
+    };
+    match timing {
+        Timing::Now { .. } => output.send(bytes),
+        Timing::FarFuture(_) if scheduler.far_future_policy() == FarFuture::Dispatch => {
+            output.send(bytes)
+        }
+        Timing::FarFuture(_) => scheduler.metrics.dropped.increment(1),
+        Timing::After(delay) => {
+            if scheduler.schedule(now + delay, output.clone(), bytes.to_vec()) {
+                scheduler.metrics.scheduled.increment(1);
+            }
+        }
+    }
+}
+
+fn destination(target: &Target) -> Destination {
+    match target {
+        Target::Forward { channel, .. } => Destination::Forward(*channel),
+        Target::Reply { .. } => Destination::Reply,
     }
 }
 
@@ -273,12 +362,19 @@ pub struct RateLimitedLog {
 
 impl RateLimitedLog {
     pub fn new(interval: Duration) -> Self {
-        RateLimitedLog { interval, last: None, suppressed: 0 }
+        RateLimitedLog {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
     }
 
     pub fn log(&mut self, emit: impl FnOnce(u64)) {
         let now = Instant::now();
-        if self.last.is_some_and(|last| now.duration_since(last) < self.interval) {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
             self.suppressed += 1;
             return;
         }

@@ -27,14 +27,21 @@ pub fn sample_table() -> RouteTable {
             let captures = compiled.capture_count();
             let rewrite = (*rewrite && captures > 0).then(|| Rewrite {
                 source: String::new(),
-                parts: vec![RewritePart::Literal("/out/".into()), RewritePart::Capture(captures)],
+                parts: vec![
+                    RewritePart::Literal("/out/".into()),
+                    RewritePart::Capture(captures),
+                ],
             });
             RoutePlan {
                 name: format!("r{i}"),
                 matcher: RouteMatch::Pattern(compiled),
                 from: (i % 3 == 0).then(|| vec!["desk".to_string()]),
                 targets: vec![
-                    TargetPlan::Forward { channel: "out".into(), rewrite },
+                    TargetPlan::Forward {
+                        channel: "out".into(),
+                        rewrite,
+                        unbundle: i == 4,
+                    },
                     TargetPlan::Reply { rewrite: None },
                 ],
                 stop: i == 5,
@@ -46,11 +53,21 @@ pub fn sample_table() -> RouteTable {
         name: "fallback".into(),
         matcher: RouteMatch::Unmatched,
         from: None,
-        targets: vec![TargetPlan::Forward { channel: "out".into(), rewrite: None }],
+        targets: vec![TargetPlan::Forward {
+            channel: "out".into(),
+            rewrite: None,
+            unbundle: false,
+        }],
         stop: false,
         incoming_patterns: false,
     });
-    RouteTable::build(&routes, |name| if name == "desk" { ChannelId(0) } else { ChannelId(1) })
+    RouteTable::build(&routes, |name| {
+        if name == "desk" {
+            ChannelId(0)
+        } else {
+            ChannelId(1)
+        }
+    })
 }
 
 /// Routes every message of `packet` (recursing into bundles) and renders every rewrite, as the

@@ -67,7 +67,8 @@ fn main() -> ExitCode {
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -85,12 +86,26 @@ fn main() -> ExitCode {
 
 fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, ready_file, strict } => {
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        Command::Run {
+            config,
+            ready_file,
+            strict,
+        } => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(stop_on_signal(shutdown.clone()));
-                match patchbay::run(patchbay::RunOptions { config, ready_file, strict }, shutdown).await {
+                match patchbay::run(
+                    patchbay::RunOptions {
+                        config,
+                        ready_file,
+                        strict,
+                    },
+                    shutdown,
+                )
+                .await
+                {
                     Ok(()) => Ok(ExitCode::SUCCESS),
                     Err(e) => {
                         eprintln!("patchbay: {e}");
@@ -111,17 +126,26 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             Err(errors) => {
                 println!("{errors}");
-                eprintln!("patchbay: {} error(s) in {}", errors.0.len(), config.display());
+                eprintln!(
+                    "patchbay: {} error(s) in {}",
+                    errors.0.len(),
+                    config.display()
+                );
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Send { target, address, args } => {
+        Command::Send {
+            target,
+            address,
+            args,
+        } => {
             let bytes = patchbay::tools::send::send(&target, &address, &args)?;
             tracing::debug!(bytes, "Sent.");
             Ok(ExitCode::SUCCESS)
         }
         Command::Dump { bind, port } => {
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(stop_on_signal(shutdown.clone()));

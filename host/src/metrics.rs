@@ -97,7 +97,9 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
-    let handle = PrometheusBuilder::new().install_recorder().map_err(|e| MetricsError::Install(e.to_string()))?;
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| MetricsError::Install(e.to_string()))?;
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -106,13 +108,18 @@ pub enum MetricsError {
     #[error("cannot install the metrics recorder: {0}")]
     Install(String),
     #[error("cannot listen for metrics scrapes on {addr}: {source} (is another program using that port?)")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Binds the scrape endpoint; serving happens in [`serve`]. Split so the bound address can go into the
 /// ready line before the first scrape.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
-    TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })
 }
 
 /// Serves Prometheus text on `GET /metrics` (and `/`). Scrapes are rare and tiny, so a minimal
@@ -140,7 +147,11 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, cancel: Canc
             Ok((stream, _)) => {
                 let handle = handle.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answer(stream, &handle)).await;
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        answer(stream, &handle),
+                    )
+                    .await;
                 });
             }
             Err(e) => {
@@ -169,7 +180,11 @@ async fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Re
     let (status, content_type, body) = if method == "GET" && (path == "/metrics" || path == "/") {
         ("200 OK", "text/plain; version=0.0.4", handle.render())
     } else {
-        ("404 Not Found", "text/plain", "try GET /metrics\n".to_string())
+        (
+            "404 Not Found",
+            "text/plain",
+            "try GET /metrics\n".to_string(),
+        )
     };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

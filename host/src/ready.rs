@@ -26,7 +26,11 @@ impl Ready<'_> {
             let sep = if i == 0 { " " } else { "; " };
             let _ = write!(line, "{sep}{name} {}", status.kind);
             if !status.up {
-                let _ = write!(line, " DOWN ({})", status.error.as_deref().unwrap_or("not bound"));
+                let _ = write!(
+                    line,
+                    " DOWN ({})",
+                    status.error.as_deref().unwrap_or("not bound")
+                );
                 continue;
             }
             if let Some(listen) = status.listen {

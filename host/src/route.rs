@@ -21,8 +21,15 @@ pub struct ChannelId(pub u32);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Forward { channel: ChannelId, rewrite: Option<Rewrite> },
-    Reply { rewrite: Option<Rewrite> },
+    /// `unbundle`: a bundle's messages go out one by one at their bundle's time.
+    Forward {
+        channel: ChannelId,
+        rewrite: Option<Rewrite>,
+        unbundle: bool,
+    },
+    Reply {
+        rewrite: Option<Rewrite>,
+    },
 }
 
 impl Target {
@@ -41,7 +48,9 @@ pub struct Rewrite {
 
 impl Rewrite {
     pub fn new(parts: Vec<RewritePart>) -> Self {
-        Rewrite { parts: parts.into_boxed_slice() }
+        Rewrite {
+            parts: parts.into_boxed_slice(),
+        }
     }
 
     /// Writes the new address into `out` (cleared first). A capture the match did not produce (an
@@ -61,7 +70,9 @@ impl Rewrite {
     }
 
     pub fn uses_captures(&self) -> bool {
-        self.parts.iter().any(|p| matches!(p, RewritePart::Capture(_)))
+        self.parts
+            .iter()
+            .any(|p| matches!(p, RewritePart::Capture(_)))
     }
 }
 
@@ -118,24 +129,35 @@ impl RouteTable {
                 .targets
                 .iter()
                 .map(|t| match t {
-                    TargetPlan::Forward { channel, rewrite } => Target::Forward {
+                    TargetPlan::Forward {
+                        channel,
+                        rewrite,
+                        unbundle,
+                    } => Target::Forward {
                         channel: channel_id(channel),
                         rewrite: rewrite.as_ref().map(|r| Rewrite::new(r.parts.clone())),
+                        unbundle: *unbundle,
                     },
-                    TargetPlan::Reply { rewrite } => {
-                        Target::Reply { rewrite: rewrite.as_ref().map(|r| Rewrite::new(r.parts.clone())) }
-                    }
+                    TargetPlan::Reply { rewrite } => Target::Reply {
+                        rewrite: rewrite.as_ref().map(|r| Rewrite::new(r.parts.clone())),
+                    },
                 })
                 .collect();
             let pattern = match &route.matcher {
                 RouteMatch::Pattern(p) => {
                     if p.is_literal() {
-                        table.literal.entry(p.as_str().into()).or_default().push(index);
+                        table
+                            .literal
+                            .entry(p.as_str().into())
+                            .or_default()
+                            .push(index);
                         if route.incoming_patterns {
                             table.incoming.push(index);
                         }
                     } else {
-                        table.patterns.push((index, literal_prefix(p.as_str()).into()));
+                        table
+                            .patterns
+                            .push((index, literal_prefix(p.as_str()).into()));
                     }
                     Some(p.clone())
                 }
@@ -144,11 +166,16 @@ impl RouteTable {
                     None
                 }
             };
-            let needs_captures = targets.iter().any(|t| t.rewrite().is_some_and(Rewrite::uses_captures));
+            let needs_captures = targets
+                .iter()
+                .any(|t| t.rewrite().is_some_and(Rewrite::uses_captures));
             table.routes.push(CompiledRoute {
                 name: route.name.as_str().into(),
                 pattern,
-                from: route.from.as_ref().map(|names| names.iter().map(|n| channel_id(n)).collect()),
+                from: route
+                    .from
+                    .as_ref()
+                    .map(|names| names.iter().map(|n| channel_id(n)).collect()),
                 targets: targets.into_boxed_slice(),
                 stop: route.stop,
                 incoming_patterns: route.incoming_patterns,
@@ -182,7 +209,11 @@ impl RouteTable {
         } else {
             None
         };
-        let incoming_routes: &[u32] = if incoming.is_some() { &self.incoming } else { &[] };
+        let incoming_routes: &[u32] = if incoming.is_some() {
+            &self.incoming
+        } else {
+            &[]
+        };
 
         let (mut li, mut pi, mut ii) = (0, 0, 0);
         loop {
@@ -190,7 +221,9 @@ impl RouteTable {
             let next_l = literal.get(li).copied();
             let next_p = self.patterns.get(pi).map(|(i, _)| *i);
             let next_i = incoming_routes.get(ii).copied();
-            let Some(candidate) = [next_l, next_p, next_i].into_iter().flatten().min() else { break };
+            let Some(candidate) = [next_l, next_p, next_i].into_iter().flatten().min() else {
+                break;
+            };
             let matched = if next_l == Some(candidate) {
                 li += 1;
                 true
@@ -198,10 +231,16 @@ impl RouteTable {
                 let prefix = &self.patterns[pi].1;
                 pi += 1;
                 address.starts_with(&**prefix)
-                    && self.routes[candidate as usize].pattern.as_ref().is_some_and(|p| p.is_match(address))
+                    && self.routes[candidate as usize]
+                        .pattern
+                        .as_ref()
+                        .is_some_and(|p| p.is_match(address))
             } else {
                 ii += 1;
-                let route_address = self.routes[candidate as usize].pattern.as_ref().map(Pattern::as_str);
+                let route_address = self.routes[candidate as usize]
+                    .pattern
+                    .as_ref()
+                    .map(Pattern::as_str);
                 matches!((&incoming, route_address), (Some(p), Some(a)) if p.is_match(a))
             };
             let route = &self.routes[candidate as usize];
@@ -263,7 +302,11 @@ mod tests {
                 None => RouteMatch::Unmatched,
             },
             from: from.map(|f| f.iter().map(|s| s.to_string()).collect()),
-            targets: vec![TargetPlan::Forward { channel: "out".into(), rewrite: None }],
+            targets: vec![TargetPlan::Forward {
+                channel: "out".into(),
+                rewrite: None,
+                unbundle: false,
+            }],
             stop,
             incoming_patterns: false,
         }
@@ -280,7 +323,10 @@ mod tests {
     fn names(table: &RouteTable, address: &str, from: ChannelId) -> Vec<String> {
         let mut hits = Hits::default();
         table.find(address, from, &mut hits);
-        hits.routes.iter().map(|&i| table.route(i).name.to_string()).collect()
+        hits.routes
+            .iter()
+            .map(|&i| table.route(i).name.to_string())
+            .collect()
     }
 
     #[test]
@@ -337,7 +383,10 @@ mod tests {
         let pattern = Pattern::compile("/desk/fader/*").unwrap();
         let mut caps = Captures::default();
         assert!(pattern.captures("/desk/fader/12", &mut caps));
-        let rewrite = Rewrite::new(vec![RewritePart::Literal("/lx/sub/".into()), RewritePart::Capture(1)]);
+        let rewrite = Rewrite::new(vec![
+            RewritePart::Literal("/lx/sub/".into()),
+            RewritePart::Capture(1),
+        ]);
         let mut out = String::new();
         rewrite.apply("/desk/fader/12", &caps, &mut out);
         assert_eq!(out, "/lx/sub/12");

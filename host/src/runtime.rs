@@ -10,12 +10,14 @@ use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::{udp, ChannelContext, Output, StatusBoard};
+use crate::channel::datagram::OwnDatagrams;
+use crate::channel::{broadcast, multicast, udp, ChannelContext, Output, StatusBoard};
 use crate::config::{self, ChannelKind, ConfigErrors, Plan};
 use crate::dispatch::{Dispatcher, SharedSwitchboard, Switchboard};
 use crate::metrics::{self, ChannelMetrics, MetricsError};
 use crate::ready::Ready;
 use crate::route::{ChannelId, RouteTable};
+use crate::scheduler::Scheduler;
 
 /// How `patchbay run` was asked to run.
 #[derive(Debug, Clone)]
@@ -35,7 +37,10 @@ pub enum RunError {
     #[error("{0} (--strict makes this fatal)")]
     Strict(String),
     #[error("cannot write the ready file {path}: {source}")]
-    ReadyFile { path: PathBuf, source: std::io::Error },
+    ReadyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Channel names to ids for the life of the process: a channel keeps its id across reloads.
@@ -62,6 +67,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         ids.id(&channel.name);
     }
 
+    let scheduler = Arc::new(Scheduler::new(plan.bundles.clone()));
     // Outputs exist before any socket is bound, so the switchboard is complete from the first packet.
     let mut outputs: Vec<(ChannelId, Arc<dyn Output>)> = Vec::new();
     let mut starts = Vec::new();
@@ -69,21 +75,41 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         let id = ids.id(&channel.name);
         let name: Arc<str> = channel.name.as_str().into();
         let channel_metrics = ChannelMetrics::new(&channel.name);
-        match &channel.kind {
-            ChannelKind::Udp(cfg) => {
-                let output = Arc::new(cfg.output(name.clone(), channel_metrics.clone()));
-                outputs.push((id, output.clone()));
-                starts.push((id, name, channel_metrics, cfg.clone(), output));
+        let own = Arc::new(OwnDatagrams::default());
+        let output = Arc::new(match &channel.kind {
+            ChannelKind::Udp(cfg) => cfg.output(name.clone(), channel_metrics.clone()),
+            ChannelKind::Multicast(cfg) => {
+                cfg.output(name.clone(), channel_metrics.clone(), own.clone())
             }
-        }
+            ChannelKind::Broadcast(cfg) => {
+                cfg.output(name.clone(), channel_metrics.clone(), own.clone())
+            }
+        });
+        outputs.push((id, output.clone()));
+        starts.push((id, name, channel_metrics, channel.kind.clone(), output, own));
     }
     let table = RouteTable::build(&plan.routes, |name| ids.id(name));
-    let board: SharedSwitchboard = Arc::new(ArcSwap::from_pointee(Switchboard::new(1, table, outputs)));
+    let board: SharedSwitchboard =
+        Arc::new(ArcSwap::from_pointee(Switchboard::new(1, table, outputs)));
 
     let mut tasks = JoinSet::new();
-    for (id, name, channel_metrics, cfg, output) in starts {
+    {
+        let scheduler = scheduler.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            scheduler.run(cancel).await;
+            Ok(())
+        });
+    }
+    for (id, name, channel_metrics, kind, output, own) in starts {
         let ctx = ChannelContext {
-            inbound: Dispatcher::new(id, name.clone(), board.clone(), channel_metrics.clone()),
+            inbound: Dispatcher::new(
+                id,
+                name.clone(),
+                board.clone(),
+                scheduler.clone(),
+                channel_metrics.clone(),
+            ),
             name,
             id,
             cancel: cancel.clone(),
@@ -91,7 +117,14 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
             status: status.clone(),
         };
         let strict = options.strict;
-        tasks.spawn(async move { udp::run(cfg, output, ctx, strict).await.map_err(|e| e.to_string()) });
+        tasks.spawn(async move {
+            let result = match kind {
+                ChannelKind::Udp(cfg) => udp::run(cfg, output, ctx, strict).await,
+                ChannelKind::Multicast(cfg) => multicast::run(cfg, output, own, ctx, strict).await,
+                ChannelKind::Broadcast(cfg) => broadcast::run(cfg, output, own, ctx, strict).await,
+            };
+            result.map_err(|e| e.to_string())
+        });
     }
 
     // Ready once every channel has tried its first bind.
@@ -130,7 +163,11 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
     };
 
     let snapshot = status.snapshot();
-    let ready = Ready { pid: std::process::id(), channels: &snapshot, metrics: metrics_addr };
+    let ready = Ready {
+        pid: std::process::id(),
+        channels: &snapshot,
+        metrics: metrics_addr,
+    };
     println!("{}", ready.line());
     write_ready(&options, &ready)?;
     tracing::info!(
@@ -170,7 +207,9 @@ async fn start_metrics(
     cancel: &CancellationToken,
     tasks: &mut JoinSet<Result<(), String>>,
 ) -> Result<Option<SocketAddr>, MetricsError> {
-    let Some(metrics_plan) = &plan.metrics else { return Ok(None) };
+    let Some(metrics_plan) = &plan.metrics else {
+        return Ok(None);
+    };
     let listener = metrics::bind(metrics_plan.listen).await?;
     let addr = listener.local_addr().ok();
     let cancel = cancel.clone();
@@ -183,7 +222,12 @@ async fn start_metrics(
 
 fn write_ready(options: &RunOptions, ready: &Ready<'_>) -> Result<(), RunError> {
     match &options.ready_file {
-        Some(path) => ready.write_file(path).map_err(|source| RunError::ReadyFile { path: path.clone(), source }),
+        Some(path) => ready
+            .write_file(path)
+            .map_err(|source| RunError::ReadyFile {
+                path: path.clone(),
+                source,
+            }),
         None => Ok(()),
     }
 }

@@ -46,7 +46,11 @@ pub struct BundleConfig {
 
 impl Default for BundleConfig {
     fn default() -> Self {
-        BundleConfig { horizon_ms: default_horizon_ms(), far_future: FarFuture::default(), queue: default_queue() }
+        BundleConfig {
+            horizon_ms: default_horizon_ms(),
+            far_future: FarFuture::default(),
+            queue: default_queue(),
+        }
     }
 }
 
@@ -154,7 +158,10 @@ impl Scheduler {
     pub fn new(config: BundleConfig) -> Self {
         Scheduler {
             config,
-            queue: Mutex::new(Queue { heap: BinaryHeap::new(), seq: 0 }),
+            queue: Mutex::new(Queue {
+                heap: BinaryHeap::new(),
+                seq: 0,
+            }),
             wake: Notify::new(),
             metrics: SchedulerMetrics::new(),
         }
@@ -183,7 +190,12 @@ impl Scheduler {
         queue.seq += 1;
         let seq = queue.seq;
         let earliest = queue.heap.peek().map(|Reverse(e)| e.due);
-        queue.heap.push(Reverse(Entry { due, seq, output, packet }));
+        queue.heap.push(Reverse(Entry {
+            due,
+            seq,
+            output,
+            packet,
+        }));
         drop(queue);
         if earliest.is_none_or(|earliest| due < earliest) {
             self.wake.notify_one();
@@ -192,7 +204,11 @@ impl Scheduler {
     }
 
     pub fn pending(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).heap.len()
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .heap
+            .len()
     }
 
     /// Sends each message when it is due, until cancelled.
@@ -237,12 +253,24 @@ mod tests {
     fn classify_places_time_tags() {
         let now = SystemTime::now();
         let horizon = Duration::from_secs(60);
-        assert_eq!(classify(TimeTag::IMMEDIATELY, now, horizon), Timing::Now { late: false });
-        assert_eq!(classify(TimeTag::from_system_time(now), now, horizon), Timing::Now { late: false });
+        assert_eq!(
+            classify(TimeTag::IMMEDIATELY, now, horizon),
+            Timing::Now { late: false }
+        );
+        assert_eq!(
+            classify(TimeTag::from_system_time(now), now, horizon),
+            Timing::Now { late: false }
+        );
         let past = TimeTag::from_system_time(now - Duration::from_secs(2));
         assert_eq!(classify(past, now, horizon), Timing::Now { late: true });
-        match classify(TimeTag::after(now, Duration::from_millis(500)), now, horizon) {
-            Timing::After(d) => assert!(d > Duration::from_millis(499) && d <= Duration::from_millis(500)),
+        match classify(
+            TimeTag::after(now, Duration::from_millis(500)),
+            now,
+            horizon,
+        ) {
+            Timing::After(d) => {
+                assert!(d > Duration::from_millis(499) && d <= Duration::from_millis(500))
+            }
             other => panic!("expected After, got {other:?}"),
         }
         assert!(matches!(

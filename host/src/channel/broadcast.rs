@@ -14,8 +14,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::channel::datagram::{
-    self, bind_with_retry, default_max_datagram, default_retry_ms, BindError, DatagramOutput, Format, OwnCheck,
-    OwnDatagrams, ReceiveOptions,
+    self, bind_with_retry, default_max_datagram, default_retry_ms, BindError, DatagramOutput,
+    Format, OwnCheck, OwnDatagrams, ReceiveOptions,
 };
 use crate::channel::{ChannelContext, ChannelStatus};
 use crate::config::NetRange;
@@ -50,13 +50,22 @@ pub struct BroadcastConfig {
 }
 
 impl BroadcastConfig {
-    pub fn output(&self, name: Arc<str>, metrics: ChannelMetrics, own: Arc<OwnDatagrams>) -> DatagramOutput {
+    pub fn output(
+        &self,
+        name: Arc<str>,
+        metrics: ChannelMetrics,
+        own: Arc<OwnDatagrams>,
+    ) -> DatagramOutput {
         DatagramOutput::new(name, self.send, self.format, metrics, Some(own))
     }
 }
 
 pub fn bind(config: &BroadcastConfig) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(config.listen), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = Socket::new(
+        Domain::for_address(config.listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
     socket.set_broadcast(true)?;
     datagram::set_buffers(&socket, config.recv_buffer, config.send_buffer)?;
     socket.set_nonblocking(true)?;
@@ -80,19 +89,39 @@ pub async fn run(
     mut ctx: ChannelContext,
     strict: bool,
 ) -> Result<(), BindError> {
-    let bound =
-        bind_with_retry(&ctx, "broadcast", config.listen, config.send, config.retry_ms, strict, || bind(&config))
-            .await?;
+    let bound = bind_with_retry(
+        &ctx,
+        "broadcast",
+        config.listen,
+        config.send,
+        config.retry_ms,
+        strict,
+        || bind(&config),
+    )
+    .await?;
     let Some(socket) = bound else { return Ok(()) };
     let listen = socket.local_addr().ok();
     let options = ReceiveOptions {
         allow: Arc::new(ArcSwap::from_pointee(config.allow.clone())),
         max_datagram: config.max_datagram,
         format: config.format,
-        raw_address: config.raw_address.clone().unwrap_or_else(|| format!("/raw/{}", ctx.name)),
-        own: Some(OwnCheck { sent: own, ips: local_ips() }),
+        raw_address: config
+            .raw_address
+            .clone()
+            .unwrap_or_else(|| format!("/raw/{}", ctx.name)),
+        own: Some(OwnCheck {
+            sent: own,
+            ips: local_ips(),
+        }),
     };
-    let status = ChannelStatus { kind: "broadcast", listen, local: None, send: config.send, up: true, error: None };
+    let status = ChannelStatus {
+        kind: "broadcast",
+        listen,
+        local: None,
+        send: config.send,
+        up: true,
+        error: None,
+    };
     datagram::receive(socket, &output, options, status, &mut ctx).await;
     Ok(())
 }

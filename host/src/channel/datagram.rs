@@ -46,7 +46,10 @@ pub struct OwnDatagrams {
 
 impl Default for OwnDatagrams {
     fn default() -> Self {
-        OwnDatagrams { hashes: std::array::from_fn(|_| AtomicU64::new(0)), next: AtomicUsize::new(0) }
+        OwnDatagrams {
+            hashes: std::array::from_fn(|_| AtomicU64::new(0)),
+            next: AtomicUsize::new(0),
+        }
     }
 }
 
@@ -59,7 +62,10 @@ impl OwnDatagrams {
     /// True (once) when `bytes` is a datagram we sent recently.
     fn take(&self, bytes: &[u8]) -> bool {
         let wanted = fingerprint(bytes);
-        self.hashes.iter().any(|h| h.compare_exchange(wanted, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok())
+        self.hashes.iter().any(|h| {
+            h.compare_exchange(wanted, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        })
     }
 }
 
@@ -126,7 +132,9 @@ impl DatagramOutput {
     /// A raw device gets each message's payload: its first blob or string argument.
     fn send_raw(&self, packet: &[u8], to: SocketAddr) {
         // Packets reaching an output were validated on the way in (or built by us).
-        let Ok(packet) = PacketRef::parse(packet, &Default::default()) else { return };
+        let Ok(packet) = PacketRef::parse(packet, &Default::default()) else {
+            return;
+        };
         let mut stack = vec![packet];
         while let Some(packet) = stack.pop() {
             match packet {
@@ -173,7 +181,9 @@ impl DatagramOutput {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.metrics.drops.increment(1);
-                self.log_loss(format_args!("the socket's send buffer is full (raise send_buffer)"));
+                self.log_loss(format_args!(
+                    "the socket's send buffer is full (raise send_buffer)"
+                ));
             }
             Err(e) => {
                 self.metrics.send_errors.increment(1);
@@ -231,7 +241,11 @@ pub struct OwnCheck {
 }
 
 /// SO_RCVBUF / SO_SNDBUF when configured (the OS default otherwise).
-pub fn set_buffers(socket: &socket2::Socket, recv: Option<usize>, send: Option<usize>) -> io::Result<()> {
+pub fn set_buffers(
+    socket: &socket2::Socket,
+    recv: Option<usize>,
+    send: Option<usize>,
+) -> io::Result<()> {
     if let Some(size) = recv {
         socket.set_recv_buffer_size(size)?;
     }
@@ -257,7 +271,12 @@ pub async fn bind_with_retry(
         match bind() {
             Ok(socket) => return Ok(Some(Arc::new(socket))),
             Err(source) => {
-                let error = BindError { channel: ctx.name.to_string(), kind, addr: what, source };
+                let error = BindError {
+                    channel: ctx.name.to_string(),
+                    kind,
+                    addr: what,
+                    source,
+                };
                 ctx.metrics.up.set(0.0);
                 ctx.status.set(
                     &ctx.name,
@@ -330,7 +349,10 @@ pub async fn receive(
             };
             let datagram = &buffer[..len.min(max + 1)];
             if let (Some(own), Some(local)) = (&options.own, local) {
-                if from.port() == local.port() && own.ips.contains(&from.ip()) && own.sent.take(datagram) {
+                if from.port() == local.port()
+                    && own.ips.contains(&from.ip())
+                    && own.sent.take(datagram)
+                {
                     continue;
                 }
             }
@@ -340,14 +362,19 @@ pub async fn receive(
                 tracing::debug!(channel = %ctx.name, sender = %from, "Dropped a datagram from outside the allow list.");
                 continue;
             }
-            let origin = Origin { channel: ctx.id, addr: from };
+            let origin = Origin {
+                channel: ctx.id,
+                addr: from,
+            };
             if len > max {
                 ctx.inbound.reject_oversize(&origin, max);
                 continue;
             }
             match options.format {
                 Format::Osc => ctx.inbound.datagram(datagram, origin),
-                Format::Raw => ctx.inbound.raw_datagram(datagram, &options.raw_address, origin),
+                Format::Raw => ctx
+                    .inbound
+                    .raw_datagram(datagram, &options.raw_address, origin),
             }
         }
     };

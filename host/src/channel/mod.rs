@@ -2,8 +2,8 @@
 //! struct, the ports it claims, an output handle that routes send through, and an async `run` that takes
 //! a [`ChannelContext`] (cancel token, where inbound messages go, metric handles, status reporting).
 
-pub mod datagram;
 pub mod broadcast;
+pub mod datagram;
 pub mod multicast;
 pub mod udp;
 
@@ -77,12 +77,20 @@ impl StatusBoard {
     }
 
     pub fn remove(&self, channel: &str) {
-        self.inner.0.lock().unwrap_or_else(|e| e.into_inner()).remove(channel);
+        self.inner
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(channel);
         self.inner.1.notify_waiters();
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, ChannelStatus> {
-        self.inner.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub async fn changed(&self) {

@@ -16,8 +16,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::channel::datagram::{
-    self, bind_with_retry, default_max_datagram, default_retry_ms, BindError, DatagramOutput, Format, OwnCheck,
-    OwnDatagrams, ReceiveOptions,
+    self, bind_with_retry, default_max_datagram, default_retry_ms, BindError, DatagramOutput,
+    Format, OwnCheck, OwnDatagrams, ReceiveOptions,
 };
 use crate::channel::{ChannelContext, ChannelStatus};
 use crate::config::NetRange;
@@ -70,8 +70,19 @@ impl MulticastConfig {
         SocketAddr::V4(SocketAddrV4::new(self.group, self.port))
     }
 
-    pub fn output(&self, name: Arc<str>, metrics: ChannelMetrics, own: Arc<OwnDatagrams>) -> DatagramOutput {
-        DatagramOutput::new(name, Some(self.destination()), self.format, metrics, Some(own))
+    pub fn output(
+        &self,
+        name: Arc<str>,
+        metrics: ChannelMetrics,
+        own: Arc<OwnDatagrams>,
+    ) -> DatagramOutput {
+        DatagramOutput::new(
+            name,
+            Some(self.destination()),
+            self.format,
+            metrics,
+            Some(own),
+        )
     }
 }
 
@@ -102,9 +113,16 @@ pub async fn run(
     strict: bool,
 ) -> Result<(), BindError> {
     let destination = config.destination();
-    let bound =
-        bind_with_retry(&ctx, "multicast", destination, Some(destination), config.retry_ms, strict, || bind(&config))
-            .await?;
+    let bound = bind_with_retry(
+        &ctx,
+        "multicast",
+        destination,
+        Some(destination),
+        config.retry_ms,
+        strict,
+        || bind(&config),
+    )
+    .await?;
     let Some(socket) = bound else { return Ok(()) };
     tracing::info!(
         channel = %ctx.name, group = %config.group, port = config.port, interface = %config.interface,
@@ -115,8 +133,14 @@ pub async fn run(
         allow: Arc::new(ArcSwap::from_pointee(config.allow.clone())),
         max_datagram: config.max_datagram,
         format: config.format,
-        raw_address: config.raw_address.clone().unwrap_or_else(|| format!("/raw/{}", ctx.name)),
-        own: Some(OwnCheck { sent: own, ips: vec![IpAddr::V4(config.interface)] }),
+        raw_address: config
+            .raw_address
+            .clone()
+            .unwrap_or_else(|| format!("/raw/{}", ctx.name)),
+        own: Some(OwnCheck {
+            sent: own,
+            ips: vec![IpAddr::V4(config.interface)],
+        }),
     };
     let status = ChannelStatus {
         kind: "multicast",

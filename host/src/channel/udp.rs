@@ -16,7 +16,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::channel::datagram::{
-    self, bind_with_retry, default_max_datagram, default_retry_ms, BindError, DatagramOutput, Format, ReceiveOptions,
+    self, bind_with_retry, default_max_datagram, default_retry_ms, BindError, DatagramOutput,
+    Format, ReceiveOptions,
 };
 use crate::channel::{ChannelContext, ChannelStatus};
 use crate::config::NetRange;
@@ -62,12 +63,18 @@ impl UdpConfig {
     pub fn bind_address(&self) -> SocketAddr {
         match (self.listen, self.send) {
             (Some(listen), _) => listen,
-            (None, Some(SocketAddr::V6(_))) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+            (None, Some(SocketAddr::V6(_))) => {
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
+            }
             (None, _) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
         }
     }
 
-    pub fn output(&self, name: Arc<str>, metrics: crate::metrics::ChannelMetrics) -> DatagramOutput {
+    pub fn output(
+        &self,
+        name: Arc<str>,
+        metrics: crate::metrics::ChannelMetrics,
+    ) -> DatagramOutput {
         DatagramOutput::new(name, self.send, self.format, metrics, None)
     }
 }
@@ -89,9 +96,15 @@ pub async fn run(
     mut ctx: ChannelContext,
     strict: bool,
 ) -> Result<(), BindError> {
-    let bound = bind_with_retry(&ctx, "udp", config.bind_address(), config.send, config.retry_ms, strict, || {
-        bind(&config)
-    })
+    let bound = bind_with_retry(
+        &ctx,
+        "udp",
+        config.bind_address(),
+        config.send,
+        config.retry_ms,
+        strict,
+        || bind(&config),
+    )
     .await?;
     let Some(socket) = bound else { return Ok(()) };
     let listen = config.listen.and(socket.local_addr().ok());
@@ -99,11 +112,20 @@ pub async fn run(
         allow: Arc::new(ArcSwap::from_pointee(config.allow.clone())),
         max_datagram: config.max_datagram,
         format: config.format,
-        raw_address: config.raw_address.clone().unwrap_or_else(|| format!("/raw/{}", ctx.name)),
+        raw_address: config
+            .raw_address
+            .clone()
+            .unwrap_or_else(|| format!("/raw/{}", ctx.name)),
         own: None,
     };
-    let status = ChannelStatus { kind: "udp", listen, local: None, send: config.send, up: true, error: None };
+    let status = ChannelStatus {
+        kind: "udp",
+        listen,
+        local: None,
+        send: config.send,
+        up: true,
+        error: None,
+    };
     datagram::receive(socket, &output, options, status, &mut ctx).await;
     Ok(())
 }
-

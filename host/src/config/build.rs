@@ -6,17 +6,18 @@ use std::path::Path;
 use patchbay_plugin_api::osc::Pattern;
 
 use super::channels::{self, BuiltChannel, PortClaim};
-use super::de::DeError;
+use super::de::{deserialize_all, DeError};
 use super::plan::{ChannelPlan, MetricsPlan, Plan, RouteMatch, RoutePlan, TargetPlan};
 use super::rewrite::{self, Captures};
 use super::suggest::{closest, unknown_key_message};
 use super::yaml::{self, join, Node, Value};
 use super::{ConfigError, ConfigErrors};
+use crate::scheduler::BundleConfig;
 
 /// The yaml_path of problems with the document as a whole (syntax errors, an empty file).
 pub(crate) const DOCUMENT: &str = "(document)";
 
-const TOP_KEYS: &[&str] = &["version", "channels", "routes", "metrics"];
+const TOP_KEYS: &[&str] = &["version", "channels", "routes", "metrics", "bundles"];
 const ROUTE_KEYS: &[&str] = &[
     "name",
     "match",
@@ -28,7 +29,7 @@ const ROUTE_KEYS: &[&str] = &[
 ];
 /// What a target does; a target has exactly one of these.
 const TARGET_ACTIONS: &[&str] = &["forward", "reply"];
-const TARGET_KEYS: &[&str] = &["forward", "reply", "rewrite"];
+const TARGET_KEYS: &[&str] = &["forward", "reply", "rewrite", "unbundle"];
 const METRICS_KEYS: &[&str] = &["listen"];
 
 /// Collects problems for one file.
@@ -126,12 +127,14 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
     let mut channels_node = None;
     let mut routes_node = None;
     let mut metrics_node = None;
+    let mut bundles_node = None;
     for (key, key_node, value) in entries {
         match key.as_deref() {
             Some("version") => version = Some(value),
             Some("channels") => channels_node = Some(value),
             Some("routes") => routes_node = Some(value),
             Some("metrics") => metrics_node = Some(value),
+            Some("bundles") => bundles_node = Some(value),
             Some(other) => errs.at(
                 key_node,
                 &join("", other),
@@ -170,6 +173,9 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
         .map(|n| build_routes(n, &channels, &mut errs))
         .unwrap_or_default();
     let metrics = metrics_node.and_then(|n| build_metrics(n, &mut errs));
+    let bundles = bundles_node
+        .map(|n| build_bundles(n, &mut errs))
+        .unwrap_or_default();
 
     if !errs.is_empty() {
         return Err(errs.finish());
@@ -187,6 +193,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
             .collect(),
         routes,
         metrics,
+        bundles,
     })
 }
 
@@ -837,12 +844,30 @@ fn build_target(
                 );
                 ok = false;
             }
+            let unbundle = match fields.get("unbundle") {
+                None => false,
+                Some((_, v)) => {
+                    expect_bool(v, &join(path, "unbundle"), errs).unwrap_or_else(|| {
+                        ok = false;
+                        false
+                    })
+                }
+            };
             TargetPlan::Forward {
                 channel: name,
                 rewrite,
+                unbundle,
             }
         }
         "reply" => {
+            if let Some((key, _)) = fields.get("unbundle") {
+                errs.at(
+                    key,
+                    &join(path, "unbundle"),
+                    "`unbundle` applies to `forward` targets only; a reply answers at once",
+                );
+                ok = false;
+            }
             match expect_bool(value, &action_path, errs)? {
                 true => {}
                 false => {
@@ -860,6 +885,33 @@ fn build_target(
         _ => return None,
     };
     ok.then_some(target)
+}
+
+// ---------------------------------------------------------------------------------------------
+// bundles
+
+fn build_bundles(node: &Node, errs: &mut Errors) -> BundleConfig {
+    if matches!(node.value, Value::Null) {
+        return BundleConfig::default();
+    }
+    match deserialize_all::<BundleConfig>(node) {
+        Ok(config) => {
+            if config.queue == 0 {
+                errs.at(
+                    node.get("queue").unwrap_or(node),
+                    "bundles.queue",
+                    "`queue` must be at least 1 (it is how many time-tagged messages may wait)",
+                );
+            }
+            config
+        }
+        Err(problems) => {
+            for p in problems {
+                errs.de(p, "bundles", node);
+            }
+            BundleConfig::default()
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

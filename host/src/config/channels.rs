@@ -8,13 +8,20 @@ use super::build::Errors;
 use super::de::deserialize_all;
 use super::plan::ChannelKind;
 use super::yaml::{join, Node};
+use crate::channel::broadcast::BroadcastConfig;
+use crate::channel::datagram::Format;
+use crate::channel::multicast::MulticastConfig;
 use crate::channel::udp::UdpConfig;
 
 /// A builder checks one channel entry (`node`, the whole map including `kind`) at `path`.
 type Builder = fn(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<BuiltChannel>;
 
 /// Every `kind:` there is, in the order they are listed to operators.
-pub(crate) const KINDS: &[(&str, Builder)] = &[("udp", udp)];
+pub(crate) const KINDS: &[(&str, Builder)] = &[
+    ("udp", udp),
+    ("multicast", multicast),
+    ("broadcast", broadcast),
+];
 
 pub(crate) fn builder(kind: &str) -> Option<Builder> {
     KINDS.iter().find(|(k, _)| *k == kind).map(|(_, b)| *b)
@@ -89,7 +96,7 @@ fn udp(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<BuiltCh
             return None;
         }
     };
-    let mut ok = true;
+    let mut ok = check_raw_address(node, path, cfg.format, cfg.raw_address.as_deref(), errs);
     if cfg.listen.is_none() && cfg.send.is_none() {
         errs.at(
             node,
@@ -141,6 +148,139 @@ fn udp(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<BuiltCh
     };
     ok.then_some(BuiltChannel {
         kind: ChannelKind::Udp(cfg),
+        claims,
+        forwardable,
+    })
+}
+
+/// `raw_address` must be a plain OSC address, and only means something with `format: raw`.
+fn check_raw_address(
+    node: &Node,
+    path: &str,
+    format: Format,
+    raw_address: Option<&str>,
+    errs: &mut Errors,
+) -> bool {
+    let Some(address) = raw_address else {
+        return true;
+    };
+    let (line, column) = pos(node, "raw_address");
+    let problem = if format != Format::Raw {
+        Some(
+            "`raw_address` only applies with `format: raw`; add `format: raw` or remove it"
+                .to_string(),
+        )
+    } else if !address.starts_with('/') {
+        Some(format!(
+            "`raw_address: {address}` must be an OSC address starting with `/`"
+        ))
+    } else if patchbay_plugin_api::osc::pattern::has_pattern_syntax(address) {
+        Some(format!(
+            "`raw_address: {address}` must be a plain address, without wildcards"
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => {
+            errs.at_pos(line, column, &join(path, "raw_address"), message);
+            false
+        }
+        None => true,
+    }
+}
+
+fn multicast(node: &Node, path: &str, _name: &str, errs: &mut Errors) -> Option<BuiltChannel> {
+    let cfg = match deserialize_all::<MulticastConfig>(node) {
+        Ok(cfg) => cfg,
+        Err(problems) => {
+            for p in problems {
+                errs.de(p, path, node);
+            }
+            return None;
+        }
+    };
+    let mut ok = check_raw_address(node, path, cfg.format, cfg.raw_address.as_deref(), errs);
+    if !cfg.group.is_multicast() {
+        let (line, column) = pos(node, "group");
+        errs.at_pos(
+            line,
+            column,
+            &join(path, "group"),
+            format!(
+                "`group: {}` is not a multicast address (use one in 224.0.0.0/4, e.g. 239.255.0.1)",
+                cfg.group
+            ),
+        );
+        ok = false;
+    }
+    if cfg.interface.is_multicast() || cfg.interface.is_broadcast() {
+        let (line, column) = pos(node, "interface");
+        errs.at_pos(
+            line,
+            column,
+            &join(path, "interface"),
+            format!(
+                "`interface: {}` must be the IPv4 address of a network card (127.0.0.1 for this machine only)",
+                cfg.interface
+            ),
+        );
+        ok = false;
+    }
+    if cfg.ttl > 255 {
+        let (line, column) = pos(node, "ttl");
+        errs.at_pos(
+            line,
+            column,
+            &join(path, "ttl"),
+            format!("`ttl: {}` is more than 255", cfg.ttl),
+        );
+        ok = false;
+    }
+    let (line, column) = pos(node, "port");
+    let claims = vec![PortClaim {
+        proto: Proto::Udp,
+        addr: std::net::SocketAddr::new(cfg.group.into(), cfg.port),
+        path: join(path, "port"),
+        line,
+        column,
+    }];
+    ok.then_some(BuiltChannel {
+        kind: ChannelKind::Multicast(cfg),
+        claims,
+        forwardable: Ok(()),
+    })
+}
+
+fn broadcast(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<BuiltChannel> {
+    let cfg = match deserialize_all::<BroadcastConfig>(node) {
+        Ok(cfg) => cfg,
+        Err(problems) => {
+            for p in problems {
+                errs.de(p, path, node);
+            }
+            return None;
+        }
+    };
+    let ok = check_raw_address(node, path, cfg.format, cfg.raw_address.as_deref(), errs);
+    let (line, column) = pos(node, "listen");
+    let claims = vec![PortClaim {
+        proto: Proto::Udp,
+        addr: cfg.listen,
+        path: join(path, "listen"),
+        line,
+        column,
+    }];
+    let forwardable = match cfg.send {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "broadcast channel `{name}` has no `send:` broadcast address (it only listens); add e.g. \
+             `send: 192.168.1.255:{}`",
+            cfg.listen.port()
+        )),
+    };
+    ok.then_some(BuiltChannel {
+        kind: ChannelKind::Broadcast(cfg),
         claims,
         forwardable,
     })

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use patchbay_plugin_api::osc::Pattern;
 
+use crate::channel::broadcast::BroadcastConfig;
+use crate::channel::multicast::MulticastConfig;
 use crate::channel::udp::UdpConfig;
+use crate::scheduler::BundleConfig;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -16,6 +19,8 @@ pub struct Plan {
     /// Routes in file order; names are unique.
     pub routes: Vec<RoutePlan>,
     pub metrics: Option<MetricsPlan>,
+    /// Time-tag handling for targets that act on messages themselves.
+    pub bundles: BundleConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -27,12 +32,16 @@ pub struct ChannelPlan {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChannelKind {
     Udp(UdpConfig),
+    Multicast(MulticastConfig),
+    Broadcast(BroadcastConfig),
 }
 
 impl ChannelKind {
     pub fn kind_name(&self) -> &'static str {
         match self {
             ChannelKind::Udp(_) => "udp",
+            ChannelKind::Multicast(_) => "multicast",
+            ChannelKind::Broadcast(_) => "broadcast",
         }
     }
 }
@@ -61,6 +70,9 @@ pub enum TargetPlan {
     Forward {
         channel: String,
         rewrite: Option<Rewrite>,
+        /// Send a bundle's messages one by one, each at its bundle's time, for devices that ignore
+        /// time tags (the scheduler holds them).
+        unbundle: bool,
     },
     /// Back to the message's origin, from the socket that received it.
     Reply { rewrite: Option<Rewrite> },

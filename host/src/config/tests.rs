@@ -148,6 +148,7 @@ fn the_contract_example_builds_the_expected_plan() {
                     RewritePart::Capture(1)
                 ],
             }),
+            unbundle: false,
         }]
     );
     assert!(!faders.stop);
@@ -161,7 +162,8 @@ fn the_contract_example_builds_the_expected_plan() {
         rest.targets,
         vec![TargetPlan::Forward {
             channel: "lights".into(),
-            rewrite: None
+            rewrite: None,
+            unbundle: false,
         }]
     );
 
@@ -350,7 +352,7 @@ fn display_is_file_line_column_path_message() {
     assert_eq!(
         errs.to_string(),
         "show.yaml:2:1: chanels: unknown key `chanels`; did you mean `channels`? (known keys: \
-         version, channels, routes, metrics)"
+         version, channels, routes, metrics, bundles)"
     );
     let two = parse("version: 2\nchanels: {}\n", Path::new("show.yaml")).expect_err("two");
     assert_eq!(two.to_string().lines().count(), 2);
@@ -494,7 +496,7 @@ fn unknown_top_level_keys_with_and_without_a_hint() {
                 "scripts",
                 3,
                 1,
-                "unknown key `scripts` (known keys: version, channels, routes, metrics)",
+                "unknown key `scripts` (known keys: version, channels, routes, metrics, bundles)",
             ),
             ("Routes", 4, 1, "did you mean `routes`?"),
         ],
@@ -599,8 +601,8 @@ fn channel_kind_is_required() {
     assert_errors(
         "version: 1\nchannels:\n  desk:\n    listen: 127.0.0.1:9000\n  empty:\n  list: [udp]\n  k: { kind: [udp] }\n",
         &[
-            ("channels.desk", 4, 5, "missing `kind` (one of: udp)"),
-            ("channels.empty", 5, 3, "channel `empty` has no settings; it needs at least `kind` (one of: udp)"),
+            ("channels.desk", 4, 5, "missing `kind` (one of: udp, multicast, broadcast)"),
+            ("channels.empty", 5, 3, "channel `empty` has no settings; it needs at least `kind` (one of: udp, multicast, broadcast)"),
             ("channels.list", 6, 9, "channel `list` must be a map of settings"),
             ("channels.k.kind", 7, 14, "expected a channel kind, found a list"),
         ],
@@ -1023,7 +1025,7 @@ fn a_target_has_exactly_one_action() {
             ("routes[0].to[0].reply", 9, 28, "a target has exactly one of `forward` or `reply`, but this one also has `forward`"),
             ("routes[0].to[1]", 10, 9, "a target needs `forward: CHANNEL` or `reply: true`"),
             ("routes[0].to[2]", 11, 9, "a target needs `forward: CHANNEL` or `reply: true`"),
-            ("routes[0].to[2].forwad", 11, 11, "unknown key `forwad`; did you mean `forward`? (known keys: forward, reply, rewrite)"),
+            ("routes[0].to[2].forwad", 11, 11, "unknown key `forwad`; did you mean `forward`? (known keys: forward, reply, rewrite, unbundle)"),
         ],
     );
 }

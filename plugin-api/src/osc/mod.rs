@@ -14,10 +14,13 @@ pub mod timetag;
 pub mod types;
 
 pub use decode::{
-    decode, decode_with_limits, ArgRef, ArgRefs, BundleElements, BundleRef, DecodeError, DecodeErrorKind,
-    DecodeLimits, MessageRef, PacketRef,
+    decode, decode_with_limits, ArgRef, ArgRefs, BundleElements, BundleRef, DecodeError,
+    DecodeErrorKind, DecodeLimits, MessageRef, PacketRef,
 };
-pub use encode::{encode, encode_blob_message, encode_into, encode_message, encode_message_into, encode_readdressed, encoded_len};
+pub use encode::{
+    encode, encode_blob_message, encode_into, encode_message, encode_message_into,
+    encode_readdressed, encoded_len,
+};
 pub use pattern::{Captures, Pattern, PatternError};
 pub use timetag::TimeTag;
 pub use types::{Midi, OscArg, OscBundle, OscMessage, OscPacket, Rgba};

@@ -108,7 +108,10 @@ impl OscArg {
 
 impl OscMessage {
     pub fn new(address: impl Into<String>, args: Vec<OscArg>) -> Self {
-        OscMessage { address: address.into(), args }
+        OscMessage {
+            address: address.into(),
+            args,
+        }
     }
 
     /// The type-tag string without its leading comma.
