@@ -369,11 +369,23 @@ fn a_port_taken_at_start_does_not_stop_the_show() {
             pb.stderr_text()
         );
     }
-    if let Ok(r) = pb.reread_ready() {
-        // The contract does not say the ready file is rewritten; when it is, it must be right.
-        if r.channel("taken").up {
-            assert_eq!(r.channel("taken").listen, Some(target));
+    // The ready file is kept true (runtime.rs rewrites it when a channel comes up).
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let r = pb.reread_ready();
+        if let Ok(r) = &r {
+            let taken = r.channel("taken");
+            if taken.up {
+                assert_eq!(taken.listen, Some(target), "{}", r.raw);
+                assert_eq!(taken.error, None, "an up channel has no error: {}", r.raw);
+                break;
+            }
         }
+        assert!(
+            Instant::now() < deadline,
+            "the ready file still shows `taken` down after it forwarded: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -449,4 +461,75 @@ fn help_everywhere() {
             done.stdout
         );
     }
+}
+
+#[test]
+fn many_channels_start_reliably() {
+    // Every start must become ready (a lost wake-up between "every channel tried to bind" and the
+    // ready line shows up as an occasional start that never gets ready). 40 starts, 4 at a time.
+    let rx = Receiver::new();
+    let mut yaml = String::from("version: 1\nchannels:\n");
+    for i in 0..12 {
+        yaml.push_str(&format!(
+            "  c{i}:\n    kind: udp\n    listen: 127.0.0.1:0\n"
+        ));
+    }
+    yaml.push_str(&format!(
+        "  lights:\n    kind: udp\n    send: {}\nroutes:\n  - name: all\n    unmatched: true\n    to:\n      - forward: lights\n",
+        rx.addr()
+    ));
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let yaml = &yaml;
+            let failures = &failures;
+            s.spawn(move || {
+                for i in 0..10 {
+                    let mut spawned = Patchbay::spawn(yaml, &[]);
+                    match spawned.wait_ready(READY_TIMEOUT) {
+                        Ok(ready) => assert_eq!(ready.channels.len(), 13),
+                        Err(e) => failures.lock().unwrap().push(format!("start {t}/{i}: {e}")),
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of 40 starts never got ready:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn metrics_address_is_in_the_ready_file_and_serves_http() {
+    use std::io::{Read, Write};
+    let rx = Receiver::new();
+    let yaml = format!(
+        "{}metrics:\n  listen: 127.0.0.1:0\n",
+        desk_lights(
+            rx.addr(),
+            "  - name: all\n    unmatched: true\n    to:\n      - forward: lights\n"
+        )
+    );
+    // `-v` is accepted by `run` as well.
+    let pb = Patchbay::start_with(&yaml, &["-v"]);
+    let metrics = pb
+        .ready()
+        .metrics
+        .unwrap_or_else(|| panic!("no metrics address in {}", pb.ready().raw));
+    assert_eq!(metrics.ip().to_string(), "127.0.0.1");
+    assert_ne!(metrics.port(), 0, "the actual bound metrics port");
+    let mut conn = std::net::TcpStream::connect(metrics).expect("connect to the metrics endpoint");
+    conn.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    let _ = conn.read_to_string(&mut response);
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "metrics response:\n{response}"
+    );
 }
