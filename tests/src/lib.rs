@@ -183,7 +183,9 @@ pub fn terminate(child: &mut Child) -> ExitStatus {
     if let Ok(Some(status)) = child.try_wait() {
         return status;
     }
-    signal(child, libc::SIGTERM);
+    // Not `signal()`: this runs in Drop, possibly while unwinding, so it must not panic.
+    // SAFETY: kill(2) on our own child, which `try_wait` above has not reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     if let Some(status) = wait_timeout(child, Duration::from_secs(5)) {
         return status;
     }
