@@ -36,9 +36,11 @@ pub mod dispatch;
 pub mod fuzzing;
 pub mod metrics;
 pub mod ready;
+pub mod reload;
 pub mod route;
 pub mod runtime;
 pub mod scheduler;
 pub mod tools;
+pub mod watch;
 
 pub use runtime::{run, RunError, RunOptions};

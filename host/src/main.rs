@@ -38,6 +38,9 @@ enum Command {
     Check {
         /// The YAML config file.
         config: PathBuf,
+        /// Also print what applying CONFIG over the running OLD config would change, without applying.
+        #[arg(long, value_name = "OLD")]
+        against: Option<PathBuf>,
     },
     /// Send one OSC message: patchbay send 127.0.0.1:9000 /cue/go i:1 f:0.5 s:go T
     Send {
@@ -114,7 +117,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 }
             })
         }
-        Command::Check { config } => match patchbay::config::load(&config) {
+        Command::Check { config, against } => match patchbay::config::load(&config) {
             Ok(plan) => {
                 println!(
                     "ok: {} is valid ({} channels, {} routes)",
@@ -122,6 +125,21 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     plan.channels.len(),
                     plan.routes.len()
                 );
+                if let Some(old_path) = against {
+                    let old = match patchbay::config::load(&old_path) {
+                        Ok(old) => old,
+                        Err(errors) => {
+                            println!("{errors}");
+                            eprintln!("patchbay: the OLD config {} has errors", old_path.display());
+                            return Ok(ExitCode::FAILURE);
+                        }
+                    };
+                    let diff = patchbay::reload::PlanDiff::between(&old, &plan);
+                    println!("changes against {}: {diff}", old_path.display());
+                    if let Some(lost) = diff.large_removal(&old) {
+                        println!("warning: this removes {lost}");
+                    }
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(errors) => {

@@ -23,6 +23,9 @@ pub const CHANNEL_SEND_ERRORS: &str = "patchbay_channel_send_errors_total";
 pub const CHANNEL_UP: &str = "patchbay_channel_up";
 pub const ROUTE_MATCHES: &str = "patchbay_route_matches_total";
 pub const UNMATCHED: &str = "patchbay_unmatched_total";
+pub const RELOADS: &str = "patchbay_reloads_total";
+pub const CONFIG_GENERATION: &str = "patchbay_config_generation";
+pub const RELOAD_SECONDS: &str = "patchbay_reload_save_to_applied_seconds";
 pub const BUNDLES_SCHEDULED: &str = "patchbay_bundles_scheduled_total";
 pub const BUNDLES_LATE: &str = "patchbay_bundles_late_total";
 pub const BUNDLES_FAR_FUTURE: &str = "patchbay_bundles_far_future_total";
@@ -42,6 +45,9 @@ pub const ALL: &[(&str, &str)] = &[
     (CHANNEL_UP, "1 while the channel's socket is bound, else 0"),
     (ROUTE_MATCHES, "messages a route matched"),
     (UNMATCHED, "messages no route matched"),
+    (RELOADS, "config reloads by result: applied, invalid (kept the running config), rolled_back (applying failed)"),
+    (CONFIG_GENERATION, "generation of the config in force: 1 at start, +1 per applied reload"),
+    (RELOAD_SECONDS, "time from the config file's save (or SIGHUP) to the new config being applied"),
     (BUNDLES_SCHEDULED, "messages held until their bundle's time tag (unbundle forwards, scripts, plugins)"),
     (BUNDLES_LATE, "bundles whose time tag had already passed on arrival (dispatched at once)"),
     (BUNDLES_FAR_FUTURE, "bundles whose time tag lay beyond bundles.horizon_ms (dispatched at once or dropped)"),
@@ -87,6 +93,33 @@ pub fn route_matches(route: &str) -> Counter {
 
 pub fn unmatched() -> Counter {
     counter!(UNMATCHED)
+}
+
+/// Reload outcomes; `result` is one of three fixed words.
+pub struct ReloadMetrics {
+    pub applied: Counter,
+    pub invalid: Counter,
+    pub rolled_back: Counter,
+    pub generation: Gauge,
+    pub save_to_applied: metrics::Histogram,
+}
+
+impl ReloadMetrics {
+    pub fn new() -> Self {
+        ReloadMetrics {
+            applied: counter!(RELOADS, "result" => "applied"),
+            invalid: counter!(RELOADS, "result" => "invalid"),
+            rolled_back: counter!(RELOADS, "result" => "rolled_back"),
+            generation: gauge!(CONFIG_GENERATION),
+            save_to_applied: metrics::histogram!(RELOAD_SECONDS),
+        }
+    }
+}
+
+impl Default for ReloadMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Installs the process-wide Prometheus recorder on first use and returns its handle. Must run before

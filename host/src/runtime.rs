@@ -1,23 +1,32 @@
-//! Starting and stopping the host: build the channels and the switchboard from a plan, print the ready
-//! line, serve until shutdown.
+//! Starting, reloading and stopping the host: build the channels and the switchboard from a plan,
+//! print the ready line, apply config edits while the show runs, serve until shutdown.
+//!
+//! A reload is applied as a difference against the running plan. Everything that can fail (binding a
+//! new socket, joining a multicast group) happens before anything visible changes, so a failure
+//! leaves the running config serving. Then live settings change in place, the switchboard (route
+//! table + outputs) is swapped atomically, new channels start and removed ones close.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::datagram::OwnDatagrams;
+use crate::channel::datagram::{DatagramOutput, OwnDatagrams, Startup};
 use crate::channel::{broadcast, multicast, udp, ChannelContext, Output, StatusBoard};
-use crate::config::{self, ChannelKind, ConfigErrors, Plan};
+use crate::config::{self, ChannelKind, ChannelPlan, ConfigErrors, Plan};
 use crate::dispatch::{Dispatcher, SharedSwitchboard, Switchboard};
-use crate::metrics::{self, ChannelMetrics, MetricsError};
+use crate::metrics::{self, ChannelMetrics, MetricsError, ReloadMetrics};
 use crate::ready::Ready;
+use crate::reload::{ChannelChange, PlanDiff};
 use crate::route::{ChannelId, RouteTable};
 use crate::scheduler::Scheduler;
+use crate::watch::{self, ReloadTrigger};
 
 /// How `patchbay run` was asked to run.
 #[derive(Debug, Clone)]
@@ -37,16 +46,22 @@ pub enum RunError {
     #[error("{0} (--strict makes this fatal)")]
     Strict(String),
     #[error("cannot write the ready file {path}: {source}")]
-    ReadyFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadyFile { path: PathBuf, source: std::io::Error },
+}
+
+/// Why a valid new config was not applied; the running config stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("channel `{channel}` cannot bind {addr}: {source}")]
+    Bind { channel: String, addr: SocketAddr, source: std::io::Error },
+    #[error("channel `{channel}` cannot change in place: {source}")]
+    Live { channel: String, source: std::io::Error },
 }
 
 /// Channel names to ids for the life of the process: a channel keeps its id across reloads.
 #[derive(Default)]
 pub struct ChannelIds {
-    ids: HashMap<String, ChannelId>,
+    ids: std::collections::HashMap<String, ChannelId>,
 }
 
 impl ChannelIds {
@@ -56,101 +71,98 @@ impl ChannelIds {
     }
 }
 
+/// A channel that is running: its config in force, its output handle and its receive task.
+struct Running {
+    id: ChannelId,
+    kind: ChannelKind,
+    output: Arc<DatagramOutput>,
+    own: Arc<OwnDatagrams>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The running host.
+pub struct Host {
+    options: RunOptions,
+    plan: Plan,
+    generation: u64,
+    ids: ChannelIds,
+    channels: BTreeMap<String, Running>,
+    board: SharedSwitchboard,
+    scheduler: Arc<Scheduler>,
+    status: StatusBoard,
+    cancel: CancellationToken,
+    metrics_addr: Option<SocketAddr>,
+    reload_metrics: ReloadMetrics,
+    /// Reports channel tasks that stopped with an error (strict start-up).
+    failures: mpsc::UnboundedSender<String>,
+}
+
 /// Runs the host until `shutdown` is cancelled.
 pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(), RunError> {
     let plan = config::load(&options.config).map_err(RunError::Config)?;
     let prometheus = metrics::install()?;
-    let status = StatusBoard::default();
     let cancel = shutdown.child_token();
-    let mut ids = ChannelIds::default();
-    for channel in &plan.channels {
-        ids.id(&channel.name);
-    }
-
+    let (failures, mut failed) = mpsc::unbounded_channel();
     let scheduler = Arc::new(Scheduler::new(plan.bundles.clone()));
-    // Outputs exist before any socket is bound, so the switchboard is complete from the first packet.
-    let mut outputs: Vec<(ChannelId, Arc<dyn Output>)> = Vec::new();
-    let mut starts = Vec::new();
-    for channel in &plan.channels {
-        let id = ids.id(&channel.name);
-        let name: Arc<str> = channel.name.as_str().into();
-        let channel_metrics = ChannelMetrics::new(&channel.name);
-        let own = Arc::new(OwnDatagrams::default());
-        let output = Arc::new(match &channel.kind {
-            ChannelKind::Udp(cfg) => cfg.output(name.clone(), channel_metrics.clone()),
-            ChannelKind::Multicast(cfg) => {
-                cfg.output(name.clone(), channel_metrics.clone(), own.clone())
-            }
-            ChannelKind::Broadcast(cfg) => {
-                cfg.output(name.clone(), channel_metrics.clone(), own.clone())
-            }
-        });
-        outputs.push((id, output.clone()));
-        starts.push((id, name, channel_metrics, channel.kind.clone(), output, own));
-    }
-    let table = RouteTable::build(&plan.routes, |name| ids.id(name));
-    let board: SharedSwitchboard =
-        Arc::new(ArcSwap::from_pointee(Switchboard::new(1, table, outputs)));
+    tokio::spawn(scheduler.clone().run(cancel.clone()));
 
-    let mut tasks = JoinSet::new();
-    {
-        let scheduler = scheduler.clone();
-        let cancel = cancel.clone();
-        tasks.spawn(async move {
-            scheduler.run(cancel).await;
-            Ok(())
-        });
+    let mut host = Host {
+        options: options.clone(),
+        generation: 1,
+        ids: ChannelIds::default(),
+        channels: BTreeMap::new(),
+        board: Arc::new(ArcSwap::from_pointee(Switchboard::new(0, RouteTable::build(&[], |_| ChannelId(0)), vec![]))),
+        scheduler,
+        status: StatusBoard::default(),
+        cancel: cancel.clone(),
+        metrics_addr: None,
+        reload_metrics: ReloadMetrics::new(),
+        failures,
+        plan,
+    };
+    host.reload_metrics.generation.set(1.0);
+
+    // Outputs exist before any socket is bound, so the switchboard is complete from the first packet.
+    let mut starting = Vec::new();
+    for channel in host.plan.channels.clone() {
+        let running = host.prepare_channel(&channel);
+        starting.push((channel, running));
     }
-    for (id, name, channel_metrics, kind, output, own) in starts {
-        let ctx = ChannelContext {
-            inbound: Dispatcher::new(
-                id,
-                name.clone(),
-                board.clone(),
-                scheduler.clone(),
-                channel_metrics.clone(),
-            ),
-            name,
-            id,
-            cancel: cancel.clone(),
-            metrics: channel_metrics,
-            status: status.clone(),
-        };
-        let strict = options.strict;
-        tasks.spawn(async move {
-            let result = match kind {
-                ChannelKind::Udp(cfg) => udp::run(cfg, output, ctx, strict).await,
-                ChannelKind::Multicast(cfg) => multicast::run(cfg, output, own, ctx, strict).await,
-                ChannelKind::Broadcast(cfg) => broadcast::run(cfg, output, own, ctx, strict).await,
-            };
-            result.map_err(|e| e.to_string())
-        });
+    let names: Vec<String> = starting.iter().map(|(c, _)| c.name.clone()).collect();
+    for (channel, (id, output, own)) in starting {
+        let startup = Startup::Retry { strict: options.strict };
+        host.spawn_channel(&channel, id, output, own, startup);
     }
+    host.swap_board();
 
     // Ready once every channel has tried its first bind.
-    let expected = plan.channels.len();
     loop {
-        let notified = status.changed();
-        if status.snapshot().len() >= expected {
+        let notified = host.status.changed();
+        let snapshot = host.status.snapshot();
+        if names.iter().all(|n| snapshot.contains_key(n)) {
             break;
         }
         tokio::select! {
             _ = notified => {}
-            Some(Ok(Err(e))) = tasks.join_next() => {
+            Some(e) = failed.recv() => {
                 cancel.cancel();
                 return Err(RunError::Strict(e));
             }
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                cancel.cancel();
+                return Ok(());
+            }
         }
     }
     if options.strict {
-        if let Some((_, down)) = status.snapshot().iter().find(|(_, s)| !s.up) {
+        if let Some((_, down)) = host.status.snapshot().iter().find(|(_, s)| !s.up) {
             cancel.cancel();
             return Err(RunError::Strict(down.error.clone().unwrap_or_default()));
         }
     }
 
-    let metrics_addr = match start_metrics(&plan, prometheus, &cancel, &mut tasks).await {
+    host.metrics_addr = match start_metrics(&host.plan, prometheus, &cancel).await {
         Ok(addr) => addr,
         Err(e) if options.strict => {
             cancel.cancel();
@@ -162,72 +174,359 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         }
     };
 
-    let snapshot = status.snapshot();
-    let ready = Ready {
-        pid: std::process::id(),
-        channels: &snapshot,
-        metrics: metrics_addr,
-    };
-    println!("{}", ready.line());
-    write_ready(&options, &ready)?;
+    println!("{}", host.ready().line());
+    host.write_ready()?;
     tracing::info!(
-        config = %options.config.display(), channels = plan.channels.len(), routes = plan.routes.len(),
-        "Patchbay is running."
+        config = %options.config.display(), channels = host.plan.channels.len(), routes = host.plan.routes.len(),
+        "Patchbay is running. Edits to the config file are applied while the show runs (or send SIGHUP)."
     );
 
+    let (reload_tx, mut reloads) = mpsc::channel::<ReloadTrigger>(16);
+    let _watcher = match watch::watch_file(&options.config, reload_tx.clone()) {
+        Ok(watcher) => Some(watcher),
+        Err(e) => {
+            tracing::warn!(
+                config = %options.config.display(),
+                "Cannot watch the config file for edits: {e}. Reload with SIGHUP instead."
+            );
+            None
+        }
+    };
+    watch::reload_on_sighup(reload_tx, cancel.clone());
+
     loop {
-        let notified = status.changed();
+        let notified = host.status.changed();
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            Some(trigger) = reloads.recv() => host.reload(trigger).await,
             _ = notified => {
                 // A channel came up (or went down) later: keep the ready file true.
-                let snapshot = status.snapshot();
-                let ready = Ready { pid: std::process::id(), channels: &snapshot, metrics: metrics_addr };
-                if let Err(e) = write_ready(&options, &ready) {
+                if let Err(e) = host.write_ready() {
                     tracing::warn!("{e}");
                 }
             }
-            Some(result) = tasks.join_next() => {
-                if let Ok(Err(e)) = result {
-                    tracing::error!("A channel stopped: {e}.");
-                }
-            }
+            Some(e) = failed.recv() => tracing::error!("A channel stopped: {e}."),
         }
     }
     cancel.cancel();
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+    let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut host.channels).into_values().map(|r| r.task).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(5), futures_join(tasks)).await;
     tracing::info!("Patchbay stopped.");
     Ok(())
+}
+
+async fn futures_join(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+impl Host {
+    fn ready(&self) -> ReadyOwned {
+        ReadyOwned { channels: self.status.snapshot(), metrics: self.metrics_addr }
+    }
+
+    fn write_ready(&self) -> Result<(), RunError> {
+        match &self.options.ready_file {
+            Some(path) => self
+                .ready()
+                .as_ready()
+                .write_file(path)
+                .map_err(|source| RunError::ReadyFile { path: path.clone(), source }),
+            None => Ok(()),
+        }
+    }
+
+    /// The output (and own-datagram memory) of a channel about to start.
+    fn prepare_channel(&mut self, channel: &ChannelPlan) -> (ChannelId, Arc<DatagramOutput>, Arc<OwnDatagrams>) {
+        let id = self.ids.id(&channel.name);
+        let name: Arc<str> = channel.name.as_str().into();
+        let channel_metrics = ChannelMetrics::new(&channel.name);
+        let own = Arc::new(OwnDatagrams::default());
+        let output = Arc::new(match &channel.kind {
+            ChannelKind::Udp(cfg) => cfg.output(name, channel_metrics),
+            ChannelKind::Multicast(cfg) => cfg.output(name, channel_metrics, own.clone()),
+            ChannelKind::Broadcast(cfg) => cfg.output(name, channel_metrics, own.clone()),
+        });
+        (id, output, own)
+    }
+
+    fn spawn_channel(
+        &mut self,
+        channel: &ChannelPlan,
+        id: ChannelId,
+        output: Arc<DatagramOutput>,
+        own: Arc<OwnDatagrams>,
+        startup: Startup,
+    ) {
+        let name: Arc<str> = channel.name.as_str().into();
+        let channel_metrics = ChannelMetrics::new(&channel.name);
+        let cancel = self.cancel.child_token();
+        let ctx = ChannelContext {
+            inbound: Dispatcher::new(
+                id,
+                name.clone(),
+                self.board.clone(),
+                self.scheduler.clone(),
+                channel_metrics.clone(),
+            ),
+            name,
+            id,
+            cancel: cancel.clone(),
+            metrics: channel_metrics,
+            status: self.status.clone(),
+        };
+        let kind = channel.kind.clone();
+        let (task_output, task_own) = (output.clone(), own.clone());
+        let failures = self.failures.clone();
+        let task = tokio::spawn(async move {
+            let result = match kind {
+                ChannelKind::Udp(cfg) => udp::run(cfg, task_output, ctx, startup).await,
+                ChannelKind::Multicast(cfg) => multicast::run(cfg, task_output, task_own, ctx, startup).await,
+                ChannelKind::Broadcast(cfg) => broadcast::run(cfg, task_output, task_own, ctx, startup).await,
+            };
+            if let Err(e) = result {
+                let _ = failures.send(e.to_string());
+            }
+        });
+        self.channels.insert(channel.name.clone(), Running { id, kind: channel.kind.clone(), output, own, cancel, task });
+    }
+
+    /// Builds the switchboard for the current plan and channels and swaps it in. Messages already
+    /// being routed finish on the board they loaded.
+    fn swap_board(&mut self) {
+        let ids = &mut self.ids;
+        let table = RouteTable::build(&self.plan.routes, |name| ids.id(name));
+        let outputs: Vec<(ChannelId, Arc<dyn Output>)> =
+            self.channels.values().map(|r| (r.id, r.output.clone() as Arc<dyn Output>)).collect();
+        self.board.store(Arc::new(Switchboard::new(self.generation, table, outputs)));
+    }
+
+    /// Reads, validates and applies the config file after an edit or SIGHUP.
+    async fn reload(&mut self, trigger: ReloadTrigger) {
+        let path = self.options.config.clone();
+        let text = match watch::read_settled(&path).await {
+            Ok(text) => text,
+            Err(e) => {
+                self.reload_metrics.invalid.increment(1);
+                tracing::error!(
+                    config = %path.display(),
+                    "Cannot read the edited config: {e}. The running config stays in force."
+                );
+                return;
+            }
+        };
+        let new = match config::parse(&text, &path) {
+            Ok(plan) => plan,
+            Err(errors) => {
+                self.reload_metrics.invalid.increment(1);
+                tracing::error!(
+                    config = %path.display(), errors = errors.0.len(),
+                    "The edited config is invalid; the running config stays in force. Fix and save again:\n{errors}"
+                );
+                return;
+            }
+        };
+        let diff = PlanDiff::between(&self.plan, &new);
+        if diff.is_empty() {
+            tracing::debug!(config = %path.display(), "Config saved without changes.");
+            return;
+        }
+        match self.apply(new, &diff).await {
+            Ok(()) => {
+                self.reload_metrics.applied.increment(1);
+                self.reload_metrics.generation.set(self.generation as f64);
+                let elapsed = trigger.at.elapsed();
+                self.reload_metrics.save_to_applied.record(elapsed.as_secs_f64());
+                tracing::info!(
+                    generation = self.generation, reason = trigger.reason, ms = elapsed.as_millis() as u64,
+                    "Applied the edited config: {diff}."
+                );
+            }
+            Err(e) => {
+                self.reload_metrics.rolled_back.increment(1);
+                tracing::error!(
+                    generation = self.generation,
+                    "Could not apply the edited config: {e}. Rolled back; the previous config keeps serving."
+                );
+            }
+        }
+        if let Err(e) = self.write_ready() {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Applies a valid new plan as a difference against the running one (see the module doc).
+    pub async fn apply(&mut self, new: Plan, diff: &PlanDiff) -> Result<(), ApplyError> {
+        if let Some(lost) = diff.large_removal(&self.plan) {
+            tracing::warn!("The edited config removes {lost}. Applying it; if the save was cut short, save again.");
+        }
+        let by_name = |plan: &Plan, name: &str| plan.channel(name).cloned();
+
+        // 1. Bind what is new while nothing has changed yet.
+        let mut fresh: Vec<(ChannelPlan, tokio::net::UdpSocket)> = Vec::new();
+        let mut release_first: Vec<ChannelPlan> = Vec::new();
+        let rebinds: Vec<&String> = diff
+            .channels_changed
+            .iter()
+            .filter(|(_, c)| matches!(c, ChannelChange::Rebind(_)))
+            .map(|(n, _)| n)
+            .collect();
+        for name in diff.channels_added.iter().chain(rebinds.iter().copied()) {
+            let Some(channel) = by_name(&new, name) else { continue };
+            match bind(&channel.kind) {
+                Ok(socket) => fresh.push((channel, socket)),
+                Err(e) if self.holds_port_of(name, &channel.kind) => {
+                    tracing::debug!(channel = %name, error = %e, "The old socket holds the port; it is released first.");
+                    release_first.push(channel);
+                }
+                Err(source) => {
+                    return Err(ApplyError::Bind { channel: name.clone(), addr: bind_address(&channel.kind), source })
+                }
+            }
+        }
+        // Group changes are joined before anything else changes, so a refused join leaves all as it was.
+        let mut joined: Vec<(Arc<DatagramOutput>, std::net::Ipv4Addr, std::net::Ipv4Addr)> = Vec::new();
+        for (name, change) in &diff.channels_changed {
+            let (ChannelChange::Live(_), Some(running), Some(channel)) =
+                (change, self.channels.get(name), new.channel(name))
+            else {
+                continue;
+            };
+            if let (ChannelKind::Multicast(old), ChannelKind::Multicast(cfg)) = (&running.kind, &channel.kind) {
+                if old.group != cfg.group {
+                    if let Err(source) = running.output.join_group(cfg.group, cfg.interface) {
+                        for (output, group, interface) in joined {
+                            let _ = output.leave_group(group, interface);
+                        }
+                        return Err(ApplyError::Live { channel: name.clone(), source });
+                    }
+                    joined.push((running.output.clone(), cfg.group, cfg.interface));
+                }
+            }
+        }
+
+        // 2. Rebinds whose old socket holds the very port: release it, bind, or restore the old one.
+        for channel in release_first {
+            let Some(old) = self.channels.remove(&channel.name) else { continue };
+            old.cancel.cancel();
+            let _ = old.task.await;
+            match bind(&channel.kind) {
+                Ok(socket) => fresh.push((channel, socket)),
+                Err(source) => {
+                    let previous = ChannelPlan { name: channel.name.clone(), kind: old.kind.clone() };
+                    let startup = match bind(&old.kind) {
+                        Ok(socket) => Startup::Bound(socket),
+                        Err(_) => Startup::Retry { strict: false },
+                    };
+                    self.spawn_channel(&previous, old.id, old.output, old.own, startup);
+                    for (output, group, interface) in joined {
+                        let _ = output.leave_group(group, interface);
+                    }
+                    return Err(ApplyError::Bind {
+                        channel: channel.name.clone(),
+                        addr: bind_address(&channel.kind),
+                        source,
+                    });
+                }
+            }
+        }
+
+        // 3. Commit: live settings in place, new channels in, the board swapped, the old closed.
+        for (name, change) in &diff.channels_changed {
+            let ChannelChange::Live(_) = change else { continue };
+            let (Some(running), Some(channel)) = (self.channels.get_mut(name), new.channel(name)) else { continue };
+            let result = match (&running.kind, &channel.kind) {
+                (ChannelKind::Udp(_), ChannelKind::Udp(cfg)) => cfg.apply_live(name, &running.output),
+                (ChannelKind::Multicast(old), ChannelKind::Multicast(cfg)) => {
+                    cfg.apply_live(old, name, &running.output)
+                }
+                (ChannelKind::Broadcast(_), ChannelKind::Broadcast(cfg)) => cfg.apply_live(name, &running.output),
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                // Socket options that the OS refused (e.g. a buffer size) are not worth a rollback.
+                tracing::warn!(channel = %name, "Some live settings were not applied: {e}.");
+            }
+            running.kind = channel.kind.clone();
+        }
+        let mut retired: Vec<Running> = Vec::new();
+        for (channel, socket) in fresh {
+            if let Some(old) = self.channels.remove(&channel.name) {
+                retired.push(old);
+            }
+            let (id, output, own) = self.prepare_channel(&channel);
+            self.spawn_channel(&channel, id, output, own, Startup::Bound(socket));
+        }
+        for name in &diff.channels_removed {
+            if let Some(old) = self.channels.remove(name) {
+                self.status.remove(name);
+                retired.push(old);
+            }
+        }
+        self.plan = new;
+        self.generation += 1;
+        self.scheduler.set_config(self.plan.bundles.clone());
+        self.swap_board();
+        // Messages routed on the old board may still be sending through these: let them finish.
+        for old in retired {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                old.cancel.cancel();
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the running channel `name` is bound to the port `kind` wants.
+    fn holds_port_of(&self, name: &str, kind: &ChannelKind) -> bool {
+        let Some(running) = self.channels.get(name) else { return false };
+        let (old, new) = (bind_address(&running.kind), bind_address(kind));
+        new.port() != 0
+            && old.port() == new.port()
+            && (old.ip() == new.ip() || old.ip().is_unspecified() || new.ip().is_unspecified())
+    }
+}
+
+fn bind(kind: &ChannelKind) -> std::io::Result<tokio::net::UdpSocket> {
+    match kind {
+        ChannelKind::Udp(cfg) => udp::bind(cfg),
+        ChannelKind::Multicast(cfg) => multicast::bind(cfg),
+        ChannelKind::Broadcast(cfg) => broadcast::bind(cfg),
+    }
+}
+
+fn bind_address(kind: &ChannelKind) -> SocketAddr {
+    match kind {
+        ChannelKind::Udp(cfg) => cfg.bind_address(),
+        ChannelKind::Multicast(cfg) => SocketAddr::from(([0, 0, 0, 0], cfg.port)),
+        ChannelKind::Broadcast(cfg) => cfg.listen,
+    }
+}
+
+struct ReadyOwned {
+    channels: BTreeMap<String, crate::channel::ChannelStatus>,
+    metrics: Option<SocketAddr>,
+}
+
+impl ReadyOwned {
+    fn as_ready(&self) -> Ready<'_> {
+        Ready { pid: std::process::id(), channels: &self.channels, metrics: self.metrics }
+    }
+
+    fn line(&self) -> String {
+        self.as_ready().line()
+    }
 }
 
 async fn start_metrics(
     plan: &Plan,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     cancel: &CancellationToken,
-    tasks: &mut JoinSet<Result<(), String>>,
 ) -> Result<Option<SocketAddr>, MetricsError> {
-    let Some(metrics_plan) = &plan.metrics else {
-        return Ok(None);
-    };
+    let Some(metrics_plan) = &plan.metrics else { return Ok(None) };
     let listener = metrics::bind(metrics_plan.listen).await?;
     let addr = listener.local_addr().ok();
-    let cancel = cancel.clone();
-    tasks.spawn(async move {
-        metrics::serve(listener, prometheus, cancel).await;
-        Ok(())
-    });
+    tokio::spawn(metrics::serve(listener, prometheus, cancel.clone()));
     Ok(addr)
-}
-
-fn write_ready(options: &RunOptions, ready: &Ready<'_>) -> Result<(), RunError> {
-    match &options.ready_file {
-        Some(path) => ready
-            .write_file(path)
-            .map_err(|source| RunError::ReadyFile {
-                path: path.clone(),
-                source,
-            }),
-        None => Ok(()),
-    }
 }

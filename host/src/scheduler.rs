@@ -11,6 +11,7 @@ use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use metrics::Counter;
 use patchbay_plugin_api::osc::TimeTag;
 use serde::Deserialize;
@@ -148,7 +149,7 @@ struct Queue {
 
 /// The host's scheduler: shared by every dispatcher, drained by [`Scheduler::run`].
 pub struct Scheduler {
-    config: BundleConfig,
+    config: ArcSwap<BundleConfig>,
     queue: Mutex<Queue>,
     wake: Notify,
     pub metrics: SchedulerMetrics,
@@ -157,7 +158,7 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(config: BundleConfig) -> Self {
         Scheduler {
-            config,
+            config: ArcSwap::from_pointee(config),
             queue: Mutex::new(Queue {
                 heap: BinaryHeap::new(),
                 seq: 0,
@@ -167,22 +168,28 @@ impl Scheduler {
         }
     }
 
+    /// A reload's new `bundles:` settings; messages already waiting keep their time.
+    pub fn set_config(&self, config: BundleConfig) {
+        self.config.store(Arc::new(config));
+    }
+
     pub fn horizon(&self) -> Duration {
-        Duration::from_millis(self.config.horizon_ms)
+        Duration::from_millis(self.config.load().horizon_ms)
     }
 
     pub fn far_future_policy(&self) -> FarFuture {
-        self.config.far_future
+        self.config.load().far_future
     }
 
     /// Queues `packet` for `output` at `due`. False (and counted) when the queue is full.
     pub fn schedule(&self, due: Instant, output: Arc<dyn Output>, packet: Vec<u8>) -> bool {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.heap.len() >= self.config.queue {
+        let limit = self.config.load().queue;
+        if queue.heap.len() >= limit {
             drop(queue);
             self.metrics.dropped.increment(1);
             tracing::warn!(
-                queue = self.config.queue,
+                queue = limit,
                 "Dropped a time-tagged message: the bundle queue is full (raise bundles.queue)."
             );
             return false;

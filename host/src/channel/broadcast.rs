@@ -8,21 +8,20 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use serde::Deserialize;
-use socket2::{Domain, Protocol, Socket, Type};
+use serde::{Deserialize, Serialize};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::channel::datagram::{
-    self, bind_with_retry, default_max_datagram, default_retry_ms, BindError, DatagramOutput,
-    Format, OwnCheck, OwnDatagrams, ReceiveOptions,
+    self, default_max_datagram, default_retry_ms, BindError, DatagramOutput, DatagramSettings, Format, OwnCheck,
+    OwnDatagrams, Startup,
 };
 use crate::channel::{ChannelContext, ChannelStatus};
 use crate::config::NetRange;
 use crate::metrics::ChannelMetrics;
 
 /// `kind: broadcast`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BroadcastConfig {
     /// Always "broadcast".
@@ -49,25 +48,36 @@ pub struct BroadcastConfig {
     pub raw_address: Option<String>,
 }
 
+/// Changing these needs a new socket; every other setting changes in place.
+pub const REBIND_KEYS: &[&str] = &["kind", "listen"];
+
 impl BroadcastConfig {
-    pub fn output(
-        &self,
-        name: Arc<str>,
-        metrics: ChannelMetrics,
-        own: Arc<OwnDatagrams>,
-    ) -> DatagramOutput {
-        DatagramOutput::new(name, self.send, self.format, metrics, Some(own))
+    pub fn needs_rebind(&self, new: &BroadcastConfig) -> bool {
+        self.listen != new.listen
+    }
+
+    pub fn settings(&self, channel: &str) -> DatagramSettings {
+        DatagramSettings::new(channel, &self.allow, self.max_datagram, self.format, self.raw_address.as_deref())
+    }
+
+    pub fn output(&self, name: Arc<str>, metrics: ChannelMetrics, own: Arc<OwnDatagrams>) -> DatagramOutput {
+        DatagramOutput::new(name.clone(), self.send, self.settings(&name), metrics, Some(own))
+    }
+
+    pub fn apply_live(&self, channel: &str, output: &DatagramOutput) -> io::Result<()> {
+        output.set_destination(self.send);
+        output.set_settings(self.settings(channel));
+        if let Some(socket) = output.socket() {
+            datagram::set_buffers(&SockRef::from(&*socket), self.recv_buffer, self.send_buffer)?;
+        }
+        Ok(())
     }
 }
 
 pub fn bind(config: &BroadcastConfig) -> io::Result<UdpSocket> {
-    let socket = Socket::new(
-        Domain::for_address(config.listen),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
+    let socket = Socket::new(Domain::for_address(config.listen), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_broadcast(true)?;
-    datagram::set_buffers(&socket, config.recv_buffer, config.send_buffer)?;
+    datagram::set_buffers(&SockRef::from(&socket), config.recv_buffer, config.send_buffer)?;
     socket.set_nonblocking(true)?;
     socket.bind(&config.listen.into())?;
     UdpSocket::from_std(socket.into())
@@ -87,41 +97,11 @@ pub async fn run(
     output: Arc<DatagramOutput>,
     own: Arc<OwnDatagrams>,
     mut ctx: ChannelContext,
-    strict: bool,
+    startup: Startup,
 ) -> Result<(), BindError> {
-    let bound = bind_with_retry(
-        &ctx,
-        "broadcast",
-        config.listen,
-        config.send,
-        config.retry_ms,
-        strict,
-        || bind(&config),
-    )
-    .await?;
-    let Some(socket) = bound else { return Ok(()) };
-    let listen = socket.local_addr().ok();
-    let options = ReceiveOptions {
-        allow: Arc::new(ArcSwap::from_pointee(config.allow.clone())),
-        max_datagram: config.max_datagram,
-        format: config.format,
-        raw_address: config
-            .raw_address
-            .clone()
-            .unwrap_or_else(|| format!("/raw/{}", ctx.name)),
-        own: Some(OwnCheck {
-            sent: own,
-            ips: local_ips(),
-        }),
-    };
-    let status = ChannelStatus {
-        kind: "broadcast",
-        listen,
-        local: None,
-        send: config.send,
-        up: true,
-        error: None,
-    };
-    datagram::receive(socket, &output, options, status, &mut ctx).await;
-    Ok(())
+    let status =
+        ChannelStatus { kind: "broadcast", listen: Some(config.listen), local: None, send: config.send, up: false, error: None };
+    let own = OwnCheck { sent: own, ips: local_ips() };
+    datagram::serve(startup, || bind(&config), config.listen, config.retry_ms, &output, Some(own), status, &mut ctx)
+        .await
 }

@@ -3,13 +3,13 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use patchbay_plugin_api::osc::{ArgRef, PacketRef};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 
 use crate::channel::{ChannelContext, ChannelStatus, Origin, Output};
@@ -18,7 +18,7 @@ use crate::dispatch::RateLimitedLog;
 use crate::metrics::ChannelMetrics;
 
 /// What a datagram channel carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// OSC packets.
@@ -84,7 +84,10 @@ pub struct DatagramOutput {
     name: Arc<str>,
     socket: ArcSwapOption<UdpSocket>,
     destination: ArcSwapOption<SocketAddr>,
-    format: Format,
+    /// `format: raw`, read on every send.
+    raw: AtomicBool,
+    /// What the receive loop reads per datagram; swapped whole on a live reload.
+    settings: ArcSwap<DatagramSettings>,
     metrics: ChannelMetrics,
     /// Set on channels whose own datagrams can come back to them.
     own: Option<Arc<OwnDatagrams>>,
@@ -95,7 +98,7 @@ impl DatagramOutput {
     pub fn new(
         name: Arc<str>,
         destination: Option<SocketAddr>,
-        format: Format,
+        settings: DatagramSettings,
         metrics: ChannelMetrics,
         own: Option<Arc<OwnDatagrams>>,
     ) -> Self {
@@ -103,7 +106,8 @@ impl DatagramOutput {
             name,
             socket: ArcSwapOption::empty(),
             destination: ArcSwapOption::new(destination.map(Arc::new)),
-            format,
+            raw: AtomicBool::new(settings.format == Format::Raw),
+            settings: ArcSwap::from_pointee(settings),
             metrics,
             own,
             loss_log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(1))),
@@ -122,10 +126,41 @@ impl DatagramOutput {
         self.socket.store(socket);
     }
 
+    /// The bound socket, for settings that change in place (buffer sizes, multicast options).
+    pub fn socket(&self) -> Option<Arc<UdpSocket>> {
+        self.socket.load_full()
+    }
+
+    /// Joins a multicast group on the bound socket (a reload joins before it commits).
+    pub fn join_group(&self, group: std::net::Ipv4Addr, interface: std::net::Ipv4Addr) -> io::Result<()> {
+        match self.socket() {
+            Some(socket) => socket.join_multicast_v4(group, interface),
+            None => Ok(()),
+        }
+    }
+
+    pub fn leave_group(&self, group: std::net::Ipv4Addr, interface: std::net::Ipv4Addr) -> io::Result<()> {
+        match self.socket() {
+            Some(socket) => socket.leave_multicast_v4(group, interface),
+            None => Ok(()),
+        }
+    }
+
+    pub fn settings(&self) -> Arc<DatagramSettings> {
+        self.settings.load_full()
+    }
+
+    /// Live reload: the next datagram in either direction uses the new settings.
+    pub fn set_settings(&self, settings: DatagramSettings) {
+        self.raw.store(settings.format == Format::Raw, Ordering::Relaxed);
+        self.settings.store(Arc::new(settings));
+    }
+
     fn send_to(&self, packet: &[u8], to: SocketAddr) {
-        match self.format {
-            Format::Osc => self.send_datagram(packet, to),
-            Format::Raw => self.send_raw(packet, to),
+        if self.raw.load(Ordering::Relaxed) {
+            self.send_raw(packet, to)
+        } else {
+            self.send_datagram(packet, to)
         }
     }
 
@@ -223,13 +258,32 @@ impl Output for DatagramOutput {
     }
 }
 
-/// Receive-side settings; the allow list can change while the show runs.
-pub struct ReceiveOptions {
-    pub allow: Arc<ArcSwap<Vec<NetRange>>>,
+/// The settings every datagram kind shares that change in place on a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatagramSettings {
+    pub allow: Vec<NetRange>,
     pub max_datagram: usize,
     pub format: Format,
+    /// Where `format: raw` datagrams enter routing.
     pub raw_address: String,
-    pub own: Option<OwnCheck>,
+}
+
+impl DatagramSettings {
+    pub fn new(channel: &str, allow: &[NetRange], max_datagram: usize, format: Format, raw_address: Option<&str>) -> Self {
+        DatagramSettings {
+            allow: allow.to_vec(),
+            max_datagram,
+            format,
+            raw_address: raw_address.map(str::to_string).unwrap_or_else(|| format!("/raw/{channel}")),
+        }
+    }
+}
+
+/// How a channel gets its socket: bound already (a reload binds before it commits, so it can roll
+/// back), or bound here with retries (at start a taken port must not stop the show).
+pub enum Startup {
+    Bound(UdpSocket),
+    Retry { strict: bool },
 }
 
 /// How a channel whose datagrams can come back to it recognises them: the source port is ours, the
@@ -315,29 +369,48 @@ pub struct BindError {
     pub source: io::Error,
 }
 
-/// Marks the channel up, receives until cancelled, then marks it down.
-pub async fn receive(
-    socket: Arc<UdpSocket>,
+/// Gets the socket (see [`Startup`]), marks the channel up, receives until cancelled, then marks it
+/// down. `what` is the address named in bind errors.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve(
+    startup: Startup,
+    bind: impl FnMut() -> io::Result<UdpSocket>,
+    what: SocketAddr,
+    retry_ms: u64,
     output: &DatagramOutput,
-    options: ReceiveOptions,
+    own: Option<OwnCheck>,
     mut status: ChannelStatus,
     ctx: &mut ChannelContext,
-) {
+) -> Result<(), BindError> {
+    let socket = match startup {
+        Startup::Bound(socket) => Arc::new(socket),
+        Startup::Retry { strict } => {
+            match bind_with_retry(ctx, status.kind, what, status.send, retry_ms, strict, bind).await? {
+                Some(socket) => socket,
+                None => return Ok(()),
+            }
+        }
+    };
     let local = socket.local_addr().ok();
     output.set_socket(Some(socket.clone()));
     ctx.metrics.up.set(1.0);
+    if status.listen.is_some_and(|l| l.port() == 0) {
+        status.listen = local;
+    }
     status.local = local;
     status.up = true;
     status.error = None;
     ctx.status.set(&ctx.name, status);
     tracing::info!(channel = %ctx.name, local = ?local, send = ?output.destination(), "Channel is up.");
 
-    let max = options.max_datagram;
-    // One byte more than the limit tells an oversize datagram from one that fits exactly.
-    let mut buffer = vec![0u8; max + 1];
+    let mut buffer = Vec::new();
     let cancel = ctx.cancel.clone();
     let receiving = async {
         loop {
+            let settings = output.settings.load_full();
+            let max = settings.max_datagram;
+            // One byte more than the limit tells an oversize datagram from one that fits exactly.
+            buffer.resize(max + 1, 0);
             let (len, from) = match socket.recv_from(&mut buffer).await {
                 Ok(received) => received,
                 Err(e) => {
@@ -348,33 +421,24 @@ pub async fn receive(
                 }
             };
             let datagram = &buffer[..len.min(max + 1)];
-            if let (Some(own), Some(local)) = (&options.own, local) {
-                if from.port() == local.port()
-                    && own.ips.contains(&from.ip())
-                    && own.sent.take(datagram)
-                {
+            if let (Some(own), Some(local)) = (&own, local) {
+                if from.port() == local.port() && own.ips.contains(&from.ip()) && own.sent.take(datagram) {
                     continue;
                 }
             }
-            let allowed = options.allow.load();
-            if !allowed.is_empty() && !allowed.iter().any(|net| net.contains(from.ip())) {
+            if !settings.allow.is_empty() && !settings.allow.iter().any(|net| net.contains(from.ip())) {
                 ctx.metrics.disallowed.increment(1);
                 tracing::debug!(channel = %ctx.name, sender = %from, "Dropped a datagram from outside the allow list.");
                 continue;
             }
-            let origin = Origin {
-                channel: ctx.id,
-                addr: from,
-            };
+            let origin = Origin { channel: ctx.id, addr: from };
             if len > max {
                 ctx.inbound.reject_oversize(&origin, max);
                 continue;
             }
-            match options.format {
+            match settings.format {
                 Format::Osc => ctx.inbound.datagram(datagram, origin),
-                Format::Raw => ctx
-                    .inbound
-                    .raw_datagram(datagram, &options.raw_address, origin),
+                Format::Raw => ctx.inbound.raw_datagram(datagram, &settings.raw_address, origin),
             }
         }
     };
@@ -384,4 +448,5 @@ pub async fn receive(
     }
     output.set_socket(None);
     ctx.metrics.up.set(0.0);
+    Ok(())
 }

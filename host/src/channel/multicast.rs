@@ -4,27 +4,28 @@
 //! The interface is required: without `IP_MULTICAST_IF` the kernel picks the default route's card, and
 //! a show's cues would leave on the wrong network. Several programs on one machine often listen to
 //! the same group and port, so this socket (unlike unicast ones) sets SO_REUSEADDR; each gets a copy.
-//! With `loop: true` our own datagrams come back to us and are recognised, not routed again.
+//! The socket is bound to the wildcard address so the group can change while the show runs (leave
+//! the old, join the new). With `loop: true` our own datagrams come back to us and are recognised,
+//! not routed again.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use serde::Deserialize;
-use socket2::{Domain, Protocol, Socket, Type};
+use serde::{Deserialize, Serialize};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::channel::datagram::{
-    self, bind_with_retry, default_max_datagram, default_retry_ms, BindError, DatagramOutput,
-    Format, OwnCheck, OwnDatagrams, ReceiveOptions,
+    self, default_max_datagram, default_retry_ms, BindError, DatagramOutput, DatagramSettings, Format, OwnCheck,
+    OwnDatagrams, Startup,
 };
 use crate::channel::{ChannelContext, ChannelStatus};
 use crate::config::NetRange;
 use crate::metrics::ChannelMetrics;
 
 /// `kind: multicast`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MulticastConfig {
     /// Always "multicast".
@@ -57,6 +58,9 @@ pub struct MulticastConfig {
     pub raw_address: Option<String>,
 }
 
+/// Changing these needs a new socket; every other setting (group included) changes in place.
+pub const REBIND_KEYS: &[&str] = &["kind", "port", "interface"];
+
 fn default_ttl() -> u32 {
     1
 }
@@ -70,19 +74,39 @@ impl MulticastConfig {
         SocketAddr::V4(SocketAddrV4::new(self.group, self.port))
     }
 
-    pub fn output(
-        &self,
-        name: Arc<str>,
-        metrics: ChannelMetrics,
-        own: Arc<OwnDatagrams>,
-    ) -> DatagramOutput {
-        DatagramOutput::new(
-            name,
-            Some(self.destination()),
-            self.format,
-            metrics,
-            Some(own),
-        )
+    pub fn needs_rebind(&self, new: &MulticastConfig) -> bool {
+        self.port != new.port || self.interface != new.interface
+    }
+
+    pub fn settings(&self, channel: &str) -> DatagramSettings {
+        DatagramSettings::new(channel, &self.allow, self.max_datagram, self.format, self.raw_address.as_deref())
+    }
+
+    pub fn output(&self, name: Arc<str>, metrics: ChannelMetrics, own: Arc<OwnDatagrams>) -> DatagramOutput {
+        DatagramOutput::new(name.clone(), Some(self.destination()), self.settings(&name), metrics, Some(own))
+    }
+
+    /// Applies every setting that does not need a new socket: group membership, ttl, loop, buffers,
+    /// allow list, format. A new group was already joined (`DatagramOutput::join_group`) before the
+    /// reload committed, so a refused join could roll back; here the old group is left.
+    pub fn apply_live(&self, old: &MulticastConfig, channel: &str, output: &DatagramOutput) -> io::Result<()> {
+        if let Some(socket) = output.socket() {
+            let socket = SockRef::from(&*socket);
+            if old.group != self.group {
+                // Leaving can only fail if we were not a member; the new membership is what counts.
+                let _ = socket.leave_multicast_v4(&old.group, &old.interface);
+                tracing::info!(
+                    channel, group = %self.group, interface = %self.interface,
+                    "Joined multicast group {} on interface {} (left {}).", self.group, self.interface, old.group
+                );
+            }
+            socket.set_multicast_ttl_v4(self.ttl)?;
+            socket.set_multicast_loop_v4(self.multicast_loop)?;
+            datagram::set_buffers(&socket, self.recv_buffer, self.send_buffer)?;
+        }
+        output.set_destination(Some(self.destination()));
+        output.set_settings(self.settings(channel));
+        Ok(())
     }
 }
 
@@ -90,13 +114,8 @@ impl MulticastConfig {
 pub fn bind(config: &MulticastConfig) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
-    datagram::set_buffers(&socket, config.recv_buffer, config.send_buffer)?;
-    // Bound to the group (not the wildcard) so unicast datagrams to the same port are not mixed in.
-    #[cfg(unix)]
-    let local = SocketAddrV4::new(config.group, config.port);
-    #[cfg(not(unix))]
-    let local = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.port);
-    socket.bind(&SocketAddr::V4(local).into())?;
+    datagram::set_buffers(&SockRef::from(&socket), config.recv_buffer, config.send_buffer)?;
+    socket.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.port)).into())?;
     socket.join_multicast_v4(&config.group, &config.interface)?;
     socket.set_multicast_if_v4(&config.interface)?;
     socket.set_multicast_ttl_v4(config.ttl)?;
@@ -110,46 +129,23 @@ pub async fn run(
     output: Arc<DatagramOutput>,
     own: Arc<OwnDatagrams>,
     mut ctx: ChannelContext,
-    strict: bool,
+    startup: Startup,
 ) -> Result<(), BindError> {
     let destination = config.destination();
-    let bound = bind_with_retry(
-        &ctx,
-        "multicast",
-        destination,
-        Some(destination),
-        config.retry_ms,
-        strict,
-        || bind(&config),
-    )
-    .await?;
-    let Some(socket) = bound else { return Ok(()) };
     tracing::info!(
         channel = %ctx.name, group = %config.group, port = config.port, interface = %config.interface,
         ttl = config.ttl, multicast_loop = config.multicast_loop,
-        "Joined multicast group {} on interface {}.", config.group, config.interface
+        "Joining multicast group {} on interface {}.", config.group, config.interface
     );
-    let options = ReceiveOptions {
-        allow: Arc::new(ArcSwap::from_pointee(config.allow.clone())),
-        max_datagram: config.max_datagram,
-        format: config.format,
-        raw_address: config
-            .raw_address
-            .clone()
-            .unwrap_or_else(|| format!("/raw/{}", ctx.name)),
-        own: Some(OwnCheck {
-            sent: own,
-            ips: vec![IpAddr::V4(config.interface)],
-        }),
-    };
     let status = ChannelStatus {
         kind: "multicast",
         listen: Some(destination),
         local: None,
         send: Some(destination),
-        up: true,
+        up: false,
         error: None,
     };
-    datagram::receive(socket, &output, options, status, &mut ctx).await;
-    Ok(())
+    let own = OwnCheck { sent: own, ips: vec![IpAddr::V4(config.interface)] };
+    datagram::serve(startup, || bind(&config), destination, config.retry_ms, &output, Some(own), status, &mut ctx)
+        .await
 }

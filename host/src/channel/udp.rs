@@ -3,27 +3,24 @@
 //! A channel with both sends from its listening socket, so a device that answers to the source port
 //! (many mixing desks do) reaches us. Sockets are made with socket2 so buffer sizes can be set, and
 //! without SO_REUSEPORT: a second process on the same port would silently take half the traffic.
-//! A port that is taken does not stop the show: the channel reports it and binds again every
-//! `retry_ms` (with `--strict` the host stops instead).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use serde::Deserialize;
-use socket2::{Domain, Protocol, Socket, Type};
+use serde::{Deserialize, Serialize};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::channel::datagram::{
-    self, bind_with_retry, default_max_datagram, default_retry_ms, BindError, DatagramOutput,
-    Format, ReceiveOptions,
+    self, default_max_datagram, default_retry_ms, BindError, DatagramOutput, DatagramSettings, Format, Startup,
 };
 use crate::channel::{ChannelContext, ChannelStatus};
 use crate::config::NetRange;
+use crate::metrics::ChannelMetrics;
 
 /// `kind: udp`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UdpConfig {
     /// Always "udp"; kept so one entry deserializes as a whole.
@@ -57,25 +54,41 @@ pub struct UdpConfig {
     pub raw_address: Option<String>,
 }
 
+/// Changing these needs a new socket; every other setting changes in place.
+pub const REBIND_KEYS: &[&str] = &["kind", "listen"];
+
 impl UdpConfig {
     /// The local address this channel binds: its `listen`, or an ephemeral port of the destination's
     /// family for a send-only channel (a device's answers to that port are routed too).
     pub fn bind_address(&self) -> SocketAddr {
         match (self.listen, self.send) {
             (Some(listen), _) => listen,
-            (None, Some(SocketAddr::V6(_))) => {
-                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
-            }
+            (None, Some(SocketAddr::V6(_))) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
             (None, _) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
         }
     }
 
-    pub fn output(
-        &self,
-        name: Arc<str>,
-        metrics: crate::metrics::ChannelMetrics,
-    ) -> DatagramOutput {
-        DatagramOutput::new(name, self.send, self.format, metrics, None)
+    /// A send-only channel's socket is of its destination's family, so a new family needs a rebind.
+    pub fn needs_rebind(&self, new: &UdpConfig) -> bool {
+        self.listen != new.listen || (self.listen.is_none() && self.bind_address() != new.bind_address())
+    }
+
+    pub fn settings(&self, channel: &str) -> DatagramSettings {
+        DatagramSettings::new(channel, &self.allow, self.max_datagram, self.format, self.raw_address.as_deref())
+    }
+
+    pub fn output(&self, name: Arc<str>, metrics: ChannelMetrics) -> DatagramOutput {
+        DatagramOutput::new(name.clone(), self.send, self.settings(&name), metrics, None)
+    }
+
+    /// Applies every setting that does not need a new socket.
+    pub fn apply_live(&self, channel: &str, output: &DatagramOutput) -> io::Result<()> {
+        output.set_destination(self.send);
+        output.set_settings(self.settings(channel));
+        if let Some(socket) = output.socket() {
+            datagram::set_buffers(&SockRef::from(&*socket), self.recv_buffer, self.send_buffer)?;
+        }
+        Ok(())
     }
 }
 
@@ -83,49 +96,20 @@ impl UdpConfig {
 pub fn bind(config: &UdpConfig) -> io::Result<UdpSocket> {
     let addr = config.bind_address();
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    datagram::set_buffers(&socket, config.recv_buffer, config.send_buffer)?;
+    datagram::set_buffers(&SockRef::from(&socket), config.recv_buffer, config.send_buffer)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
 }
 
-/// Binds (retrying while the port is taken), then receives until cancelled.
+/// Receives until cancelled.
 pub async fn run(
     config: UdpConfig,
     output: Arc<DatagramOutput>,
     mut ctx: ChannelContext,
-    strict: bool,
+    startup: Startup,
 ) -> Result<(), BindError> {
-    let bound = bind_with_retry(
-        &ctx,
-        "udp",
-        config.bind_address(),
-        config.send,
-        config.retry_ms,
-        strict,
-        || bind(&config),
-    )
-    .await?;
-    let Some(socket) = bound else { return Ok(()) };
-    let listen = config.listen.and(socket.local_addr().ok());
-    let options = ReceiveOptions {
-        allow: Arc::new(ArcSwap::from_pointee(config.allow.clone())),
-        max_datagram: config.max_datagram,
-        format: config.format,
-        raw_address: config
-            .raw_address
-            .clone()
-            .unwrap_or_else(|| format!("/raw/{}", ctx.name)),
-        own: None,
-    };
-    let status = ChannelStatus {
-        kind: "udp",
-        listen,
-        local: None,
-        send: config.send,
-        up: true,
-        error: None,
-    };
-    datagram::receive(socket, &output, options, status, &mut ctx).await;
-    Ok(())
+    let status = ChannelStatus { kind: "udp", listen: config.listen, local: None, send: config.send, up: false, error: None };
+    let what = config.bind_address();
+    datagram::serve(startup, || bind(&config), what, config.retry_ms, &output, None, status, &mut ctx).await
 }
