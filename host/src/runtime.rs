@@ -194,8 +194,9 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
     };
     watch::reload_on_sighup(reload_tx, cancel.clone());
 
+    let status = host.status.clone();
     loop {
-        let notified = host.status.changed();
+        let notified = status.changed();
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(trigger) = reloads.recv() => host.reload(trigger).await,

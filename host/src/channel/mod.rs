@@ -93,7 +93,9 @@ impl StatusBoard {
             .clone()
     }
 
-    pub async fn changed(&self) {
-        self.inner.1.notified().await
+    /// A future that completes on the next change. It listens from the moment it is created, so
+    /// create it before reading the snapshot, or a change in between is missed.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.1.notified()
     }
 }
