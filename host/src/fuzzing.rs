@@ -1,11 +1,35 @@
 //! Entry points for the fuzz target (`fuzz/`) and its regression tests: decode + route with no I/O.
 
+use std::sync::OnceLock;
+
 use patchbay_plugin_api::osc::encode::encode_readdressed;
 use patchbay_plugin_api::osc::pattern::Captures;
-use patchbay_plugin_api::osc::{PacketRef, Pattern};
+use patchbay_plugin_api::osc::{encode, DecodeLimits, PacketRef, Pattern};
 
 use crate::config::{Rewrite, RewritePart, RouteMatch, RoutePlan, TargetPlan};
 use crate::route::{ChannelId, Hits, RouteTable};
+
+/// What the fuzz target runs on every input (and the regression tests on every kept input): the
+/// codec refuses or accepts without panicking, accepted packets re-encode canonically, and routing
+/// them never panics.
+pub fn check_datagram(data: &[u8]) {
+    static TABLE: OnceLock<RouteTable> = OnceLock::new();
+    let Ok(packet) = PacketRef::parse(data, &DecodeLimits::default()) else { return };
+    let once = encode(&packet.to_owned_packet());
+    if !has_message_without_type_tags(&packet) {
+        assert_eq!(once, data, "an accepted packet re-encodes byte-exact");
+    }
+    let reparsed = PacketRef::parse(&once, &DecodeLimits::default()).expect("our own encoding parses");
+    assert_eq!(encode(&reparsed.to_owned_packet()), once, "encoding is stable");
+    route_packet(TABLE.get_or_init(sample_table), &packet);
+}
+
+fn has_message_without_type_tags(packet: &PacketRef<'_>) -> bool {
+    match packet {
+        PacketRef::Message(m) => !m.has_type_tags(),
+        PacketRef::Bundle(b) => b.elements().any(|e| has_message_without_type_tags(&e)),
+    }
+}
 
 /// A table with every kind of route: literals, each wildcard, `//`, rewrites, `stop`, `from`,
 /// incoming patterns and an unmatched catch-all.

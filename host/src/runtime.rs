@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +79,7 @@ struct Running {
     output: Arc<DatagramOutput>,
     own: Arc<OwnDatagrams>,
     cancel: CancellationToken,
+    replaced: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -96,6 +98,8 @@ pub struct Host {
     reload_metrics: ReloadMetrics,
     /// Reports channel tasks that stopped with an error (strict start-up).
     failures: mpsc::UnboundedSender<String>,
+    /// The last edited text that was invalid, so a save that raises two triggers is reported once.
+    last_invalid: Option<String>,
 }
 
 /// Runs the host until `shutdown` is cancelled.
@@ -119,6 +123,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         metrics_addr: None,
         reload_metrics: ReloadMetrics::new(),
         failures,
+        last_invalid: None,
         plan,
     };
     host.reload_metrics.generation.set(1.0);
@@ -174,13 +179,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         }
     };
 
-    println!("{}", host.ready().line());
-    host.write_ready()?;
-    tracing::info!(
-        config = %options.config.display(), channels = host.plan.channels.len(), routes = host.plan.routes.len(),
-        "Patchbay is running. Edits to the config file are applied while the show runs (or send SIGHUP)."
-    );
-
+    // Watching starts before the ready line, so an edit made right after it is not missed.
     let (reload_tx, mut reloads) = mpsc::channel::<ReloadTrigger>(16);
     let _watcher = match watch::watch_file(&options.config, reload_tx.clone()) {
         Ok(watcher) => Some(watcher),
@@ -193,6 +192,14 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         }
     };
     watch::reload_on_sighup(reload_tx, cancel.clone());
+
+    println!("{}", host.ready().line());
+    host.write_ready()?;
+    tracing::info!(
+        config = %options.config.display(), channels = host.plan.channels.len(), routes = host.plan.routes.len(),
+        "Patchbay is running. Edits to the config file are applied while the show runs (or send SIGHUP)."
+    );
+
 
     let status = host.status.clone();
     loop {
@@ -263,7 +270,9 @@ impl Host {
         let name: Arc<str> = channel.name.as_str().into();
         let channel_metrics = ChannelMetrics::new(&channel.name);
         let cancel = self.cancel.child_token();
+        let replaced = Arc::new(AtomicBool::new(false));
         let ctx = ChannelContext {
+            replaced: replaced.clone(),
             inbound: Dispatcher::new(
                 id,
                 name.clone(),
@@ -290,7 +299,10 @@ impl Host {
                 let _ = failures.send(e.to_string());
             }
         });
-        self.channels.insert(channel.name.clone(), Running { id, kind: channel.kind.clone(), output, own, cancel, task });
+        self.channels.insert(
+            channel.name.clone(),
+            Running { id, kind: channel.kind.clone(), output, own, cancel, replaced, task },
+        );
     }
 
     /// Builds the switchboard for the current plan and channels and swaps it in. Messages already
@@ -317,9 +329,17 @@ impl Host {
                 return;
             }
         };
+        if self.last_invalid.as_deref() == Some(text.as_str()) {
+            // One save can raise two triggers; its errors were already reported once.
+            return;
+        }
         let new = match config::parse(&text, &path) {
-            Ok(plan) => plan,
+            Ok(plan) => {
+                self.last_invalid = None;
+                plan
+            }
             Err(errors) => {
+                self.last_invalid = Some(text);
                 self.reload_metrics.invalid.increment(1);
                 tracing::error!(
                     config = %path.display(), errors = errors.0.len(),
@@ -450,10 +470,13 @@ impl Host {
                 tracing::warn!(channel = %name, "Some live settings were not applied: {e}.");
             }
             running.kind = channel.kind.clone();
+            let send = running.output.destination();
+            self.status.update(name, |status| status.send = send);
         }
         let mut retired: Vec<Running> = Vec::new();
         for (channel, socket) in fresh {
             if let Some(old) = self.channels.remove(&channel.name) {
+                old.replaced.store(true, Ordering::Relaxed);
                 retired.push(old);
             }
             let (id, output, own) = self.prepare_channel(&channel);
@@ -469,7 +492,8 @@ impl Host {
         self.generation += 1;
         self.scheduler.set_config(self.plan.bundles.clone());
         self.swap_board();
-        // Messages routed on the old board may still be sending through these: let them finish.
+        // Messages routed on the old board may still be sending through these (datagram outputs have
+        // no queue of their own): give them a moment before the sockets close.
         for old in retired {
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -447,6 +447,8 @@ pub async fn serve(
         _ = receiving => {}
     }
     output.set_socket(None);
-    ctx.metrics.up.set(0.0);
+    if !ctx.is_replaced() {
+        ctx.metrics.up.set(0.0);
+    }
     Ok(())
 }

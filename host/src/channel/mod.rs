@@ -45,6 +45,15 @@ pub struct ChannelContext {
     pub inbound: Dispatcher,
     pub metrics: ChannelMetrics,
     pub status: StatusBoard,
+    /// Set when a reload replaces this channel with a new socket: the replacement owns the `up`
+    /// gauge and the status entry from then on, so the old task leaves them alone when it stops.
+    pub replaced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ChannelContext {
+    pub fn is_replaced(&self) -> bool {
+        self.replaced.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// A channel's state as the ready line and ready file show it.
@@ -72,6 +81,16 @@ impl StatusBoard {
     pub fn set(&self, channel: &str, status: ChannelStatus) {
         let mut map = self.inner.0.lock().unwrap_or_else(|e| e.into_inner());
         map.insert(channel.to_string(), status);
+        drop(map);
+        self.inner.1.notify_waiters();
+    }
+
+    /// Changes one channel's entry in place (a live reload of its destination).
+    pub fn update(&self, channel: &str, change: impl FnOnce(&mut ChannelStatus)) {
+        let mut map = self.inner.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(status) = map.get_mut(channel) {
+            change(status);
+        }
         drop(map);
         self.inner.1.notify_waiters();
     }
