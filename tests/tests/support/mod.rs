@@ -112,8 +112,15 @@ fn in_addr(ip: Ipv4Addr) -> libc::in_addr {
 /// A UDP socket with SO_REUSEADDR bound to `addr` (so it can share a multicast group's port with
 /// patchbay's channel socket, which sets SO_REUSEADDR too).
 fn reuse_socket(addr: SocketAddrV4) -> UdpSocket {
-    // SAFETY: plain socket(2); the fd is checked and then owned by the UdpSocket.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDP) };
+    // SAFETY: plain socket(2); the fd is checked and then owned by the UdpSocket. CLOEXEC, like std's
+    // sockets, so a patchbay spawned meanwhile does not inherit it.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_UDP,
+        )
+    };
     assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
     // SAFETY: `fd` is a fresh socket we own; the UdpSocket closes it on drop.
     let sock = unsafe { UdpSocket::from_raw_fd(fd) };
