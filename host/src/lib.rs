@@ -40,6 +40,7 @@ pub mod reload;
 pub mod route;
 pub mod runtime;
 pub mod scheduler;
+pub mod script;
 pub mod tools;
 pub mod watch;
 
