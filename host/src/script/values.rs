@@ -677,3 +677,911 @@ fn text_bytes(value: &Dynamic) -> Option<Vec<u8>> {
     let s = value.as_immutable_string_ref().ok()?;
     Some(s.as_bytes().to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patchbay_plugin_api::osc::{decode, encode, encode_message, OscMessage, OscPacket};
+
+    const DEFAULT: SendOscOptions = SendOscOptions {
+        as_bundle: false,
+        use_non_standard_types: true,
+        use_64bit_precision: false,
+    };
+    const STANDARD: SendOscOptions = SendOscOptions {
+        as_bundle: false,
+        use_non_standard_types: false,
+        use_64bit_precision: false,
+    };
+    const WIDE: SendOscOptions = SendOscOptions {
+        as_bundle: false,
+        use_non_standard_types: true,
+        use_64bit_precision: true,
+    };
+    const BOTH: SendOscOptions = SendOscOptions {
+        as_bundle: false,
+        use_non_standard_types: false,
+        use_64bit_precision: true,
+    };
+    /// The columns of the module-doc table, in order.
+    const COLUMNS: [SendOscOptions; 4] = [DEFAULT, STANDARD, WIDE, BOTH];
+
+    fn engine() -> Engine {
+        let mut engine = Engine::new();
+        register(&mut engine);
+        engine
+    }
+
+    fn eval(expr: &str) -> Dynamic {
+        engine()
+            .eval::<Dynamic>(expr)
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
+    }
+
+    fn eval_err(expr: &str) -> String {
+        match engine().eval::<Dynamic>(expr) {
+            Ok(v) => panic!("{expr} should fail, gave {v:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn send(expr: &str, options: SendOscOptions) -> Result<OscArg, ValueError> {
+        dynamic_to_osc(&eval(expr), &options)
+    }
+
+    fn send_err(expr: &str, options: SendOscOptions) -> String {
+        match send(expr, options) {
+            Ok(arg) => panic!("{expr} with {options:?} should fail, gave {arg:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// `/a` with one argument, encoded.
+    fn wire(arg: OscArg) -> Vec<u8> {
+        encode_message(&OscMessage::new("/a", vec![arg]))
+    }
+
+    /// Hand-written expected bytes: the address `/a`, then `tags` (comma, tags and padding as
+    /// written) and `data`.
+    fn expected(tags: &[u8], data: &[u8]) -> Vec<u8> {
+        [&b"/a\0\0"[..], tags, data].concat()
+    }
+
+    /// One row of the module-doc send table: the Rhai expression and, per column, the type tags or
+    /// `None` for "error".
+    struct Row {
+        expr: String,
+        cells: Vec<Option<String>>,
+    }
+
+    fn backticked(cell: &str) -> Option<&str> {
+        let start = cell.find('`')? + 1;
+        let len = cell[start..].find('`')?;
+        Some(&cell[start..start + len])
+    }
+
+    fn doc_table() -> Vec<Row> {
+        let source = include_str!("values.rs");
+        let mut lines = source
+            .lines()
+            .skip_while(|l| !l.starts_with("//! | value (Rhai) |"));
+        let header = lines.next().expect("the send table's header");
+        assert_eq!(header.matches('|').count(), 6, "{header}");
+        lines
+            .skip(1) // |---|
+            .take_while(|l| l.starts_with("//! |"))
+            .map(|line| {
+                let cells: Vec<&str> = line["//! ".len()..]
+                    .trim()
+                    .trim_matches('|')
+                    .split('|')
+                    .map(str::trim)
+                    .collect();
+                assert_eq!(cells.len(), 5, "{line}");
+                let expr = backticked(cells[0]).unwrap_or_else(|| panic!("no expression: {line}"));
+                let cells = cells[1..]
+                    .iter()
+                    .map(|c| match *c {
+                        "error" => None,
+                        c => Some(
+                            backticked(c)
+                                .unwrap_or_else(|| panic!("bad cell {c}: {line}"))
+                                .to_owned(),
+                        ),
+                    })
+                    .collect();
+                Row {
+                    expr: expr.to_owned(),
+                    cells,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_row_of_the_doc_table_holds() {
+        let rows = doc_table();
+        assert_eq!(rows.len(), 28, "rows parsed from the module docs");
+        for row in &rows {
+            for (options, cell) in COLUMNS.iter().zip(&row.cells) {
+                let result = send(&row.expr, *options);
+                let what = format!("`{}` with {options:?}", row.expr);
+                match (cell, result) {
+                    (None, Err(_)) => {}
+                    (None, Ok(arg)) => panic!("{what}: expected an error, got {arg:?}"),
+                    (Some(tags), Err(e)) => panic!("{what}: expected `{tags}`, got error: {e}"),
+                    (Some(tags), Ok(arg)) => {
+                        let message = OscMessage::new("/a", vec![arg]);
+                        assert_eq!(&message.type_tags(), tags, "{what}");
+                        // The bytes are valid OSC and decode back to the same bytes.
+                        let bytes = encode_message(&message);
+                        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+                        assert!(matches!(decoded, OscPacket::Message(_)), "{what}");
+                        assert_eq!(encode(&decoded), bytes, "{what}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_64bit_without_non_standard_column_is_all_errors_with_one_message() {
+        for row in doc_table() {
+            assert_eq!(
+                send_err(&row.expr, BOTH),
+                "use_64bit_precision needs use_non_standard_types (64-bit types are non-standard \
+                 OSC); set use_non_standard_types: true or drop use_64bit_precision",
+                "{}",
+                row.expr
+            );
+        }
+    }
+
+    /// Every distinct tag and every fallback, byte by byte against hand-written bytes.
+    #[test]
+    fn bytes_on_the_wire() {
+        let cases: Vec<(&str, SendOscOptions, Vec<u8>)> = vec![
+            ("5", DEFAULT, expected(b",i\0\0", &[0, 0, 0, 5])),
+            (
+                "-7",
+                DEFAULT,
+                expected(b",i\0\0", &[0xff, 0xff, 0xff, 0xf9]),
+            ),
+            (
+                "2147483647",
+                STANDARD,
+                expected(b",i\0\0", &[0x7f, 0xff, 0xff, 0xff]),
+            ),
+            (
+                "-2147483648",
+                STANDARD,
+                expected(b",i\0\0", &[0x80, 0, 0, 0]),
+            ),
+            ("5", WIDE, expected(b",h\0\0", &[0, 0, 0, 0, 0, 0, 0, 5])),
+            (
+                "5_000_000_000",
+                DEFAULT,
+                expected(b",h\0\0", &[0, 0, 0, 1, 0x2a, 0x05, 0xf2, 0]),
+            ),
+            (
+                "2147483648",
+                DEFAULT,
+                expected(b",h\0\0", &[0, 0, 0, 0, 0x80, 0, 0, 0]),
+            ),
+            (
+                "-2147483649",
+                DEFAULT,
+                expected(b",h\0\0", &[0xff, 0xff, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff]),
+            ),
+            ("1.5", DEFAULT, expected(b",f\0\0", &[0x3f, 0xc0, 0, 0])),
+            ("1.5", STANDARD, expected(b",f\0\0", &[0x3f, 0xc0, 0, 0])),
+            (
+                "1.5",
+                WIDE,
+                expected(b",d\0\0", &[0x3f, 0xf8, 0, 0, 0, 0, 0, 0]),
+            ),
+            (
+                "0.0 / 0.0",
+                DEFAULT,
+                expected(b",f\0\0", &[0xff, 0xc0, 0, 0]),
+            ),
+            ("1.0 / 0.0", DEFAULT, expected(b",I\0\0", &[])),
+            ("1.0 / 0.0", WIDE, expected(b",I\0\0", &[])),
+            (
+                "1.0 / 0.0",
+                STANDARD,
+                expected(b",f\0\0", &[0x7f, 0x80, 0, 0]),
+            ),
+            (
+                "-1.0 / 0.0",
+                DEFAULT,
+                expected(b",f\0\0", &[0xff, 0x80, 0, 0]),
+            ),
+            (
+                "-1.0 / 0.0",
+                WIDE,
+                expected(b",d\0\0", &[0xff, 0xf0, 0, 0, 0, 0, 0, 0]),
+            ),
+            ("true", DEFAULT, expected(b",T\0\0", &[])),
+            ("false", DEFAULT, expected(b",F\0\0", &[])),
+            ("true", STANDARD, expected(b",i\0\0", &[0, 0, 0, 1])),
+            ("false", STANDARD, expected(b",i\0\0", &[0, 0, 0, 0])),
+            ("()", DEFAULT, expected(b",N\0\0", &[])),
+            ("()", STANDARD, expected(b",i\0\0", &[0, 0, 0, 0])),
+            ("\"abc\"", DEFAULT, expected(b",s\0\0", b"abc\0")),
+            ("\"abcd\"", STANDARD, expected(b",s\0\0", b"abcd\0\0\0\0")),
+            ("\"\"", DEFAULT, expected(b",s\0\0", b"\0\0\0\0")),
+            ("\"é\"", DEFAULT, expected(b",s\0\0", &[0xc3, 0xa9, 0, 0])),
+            (
+                "blob(2, 0x41)",
+                DEFAULT,
+                expected(b",b\0\0", &[0, 0, 0, 2, 0x41, 0x41, 0, 0]),
+            ),
+            ("blob()", STANDARD, expected(b",b\0\0", &[0, 0, 0, 0])),
+            ("'x'", DEFAULT, expected(b",c\0\0", &[0, 0, 0, 0x78])),
+            ("'é'", DEFAULT, expected(b",c\0\0", &[0, 0, 0, 0xe9])),
+            ("'x'", STANDARD, expected(b",s\0\0", b"x\0\0\0")),
+            (
+                "[1, 2.5]",
+                DEFAULT,
+                expected(b",[if]\0\0\0", &[0, 0, 0, 1, 0x40, 0x20, 0, 0]),
+            ),
+            (
+                "[1, 2.5]",
+                WIDE,
+                expected(
+                    b",[hd]\0\0\0",
+                    &[0, 0, 0, 0, 0, 0, 0, 1, 0x40, 0x04, 0, 0, 0, 0, 0, 0],
+                ),
+            ),
+            ("[]", DEFAULT, expected(b",[]\0", &[])),
+            (
+                "[1, [true, ()]]",
+                DEFAULT,
+                expected(b",[i[TN]]\0\0\0\0", &[0, 0, 0, 1]),
+            ),
+            (
+                "#{seconds: 1, fraction: 2}",
+                DEFAULT,
+                expected(b",t\0\0", &[0, 0, 0, 1, 0, 0, 0, 2]),
+            ),
+            (
+                "#{seconds: 4294967295, fraction: 4294967295}",
+                DEFAULT,
+                expected(b",t\0\0", &[0xff; 8]),
+            ),
+            (
+                "#{port: 0, status: 144, data1: 60, data2: 127}",
+                DEFAULT,
+                expected(b",m\0\0", &[0, 0x90, 0x3c, 0x7f]),
+            ),
+            (
+                "#{r: 255, g: 128, b: 0, a: 255}",
+                DEFAULT,
+                expected(b",r\0\0", &[0xff, 0x80, 0, 0xff]),
+            ),
+            ("int32(5)", WIDE, expected(b",i\0\0", &[0, 0, 0, 5])),
+            (
+                "int32(-2147483648)",
+                DEFAULT,
+                expected(b",i\0\0", &[0x80, 0, 0, 0]),
+            ),
+            (
+                "int64(5)",
+                STANDARD,
+                expected(b",h\0\0", &[0, 0, 0, 0, 0, 0, 0, 5]),
+            ),
+            ("int64(-1)", DEFAULT, expected(b",h\0\0", &[0xff; 8])),
+            (
+                "float32(1.5)",
+                WIDE,
+                expected(b",f\0\0", &[0x3f, 0xc0, 0, 0]),
+            ),
+            ("float32(2)", DEFAULT, expected(b",f\0\0", &[0x40, 0, 0, 0])),
+            (
+                "float32(1.0 / 0.0)",
+                DEFAULT,
+                expected(b",f\0\0", &[0x7f, 0x80, 0, 0]),
+            ),
+            (
+                "double(1.5)",
+                STANDARD,
+                expected(b",d\0\0", &[0x3f, 0xf8, 0, 0, 0, 0, 0, 0]),
+            ),
+            (
+                "double(2)",
+                DEFAULT,
+                expected(b",d\0\0", &[0x40, 0, 0, 0, 0, 0, 0, 0]),
+            ),
+            ("symbol(\"abc\")", STANDARD, expected(b",S\0\0", b"abc\0")),
+            ("impulse()", STANDARD, expected(b",I\0\0", &[])),
+            ("nil()", STANDARD, expected(b",N\0\0", &[])),
+            (
+                "timetag(1, 2)",
+                STANDARD,
+                expected(b",t\0\0", &[0, 0, 0, 1, 0, 0, 0, 2]),
+            ),
+            (
+                "midi(0, 144, 60, 127)",
+                STANDARD,
+                expected(b",m\0\0", &[0, 0x90, 0x3c, 0x7f]),
+            ),
+            (
+                "rgba(255, 128, 0, 255)",
+                STANDARD,
+                expected(b",r\0\0", &[0xff, 0x80, 0, 0xff]),
+            ),
+        ];
+        for (expr, options, bytes) in cases {
+            let arg =
+                send(expr, options).unwrap_or_else(|e| panic!("{expr} with {options:?}: {e}"));
+            assert_eq!(wire(arg), bytes, "{expr} with {options:?}");
+        }
+    }
+
+    #[test]
+    fn a_whole_message_of_mixed_values() {
+        // TouchDesigner's own example: [1, b'abc', 'apple', [6,7,8], True, None, float("infinity")].
+        let values = eval(r#"[1, blob(3, 0x61), "apple", [6, 7, 8], true, (), 1.0 / 0.0]"#)
+            .into_array()
+            .unwrap();
+        let args = values
+            .iter()
+            .map(|v| dynamic_to_osc(v, &DEFAULT))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let bytes = encode_message(&OscMessage::new("/abc", args));
+        let mut want = b"/abc\0\0\0\0".to_vec();
+        want.extend_from_slice(b",ibs[iii]TNI\0\0\0\0"); // 12 tag bytes + NUL, padded to 16
+        want.extend_from_slice(&[0, 0, 0, 1]);
+        want.extend_from_slice(&[0, 0, 0, 3, b'a', b'a', b'a', 0]);
+        want.extend_from_slice(b"apple\0\0\0");
+        want.extend_from_slice(&[0, 0, 0, 6, 0, 0, 0, 7, 0, 0, 0, 8]);
+        assert_eq!(bytes, want);
+    }
+
+    #[test]
+    fn received_arguments_as_script_values() {
+        let t = TimeTag::new(3_900_000_000, 123);
+        let check = |arg: OscArg, type_name: &str, shown: &str| {
+            let v = osc_to_dynamic(&arg);
+            assert_eq!(v.type_name(), type_name, "{arg:?}");
+            assert_eq!(format!("{v:?}"), shown, "{arg:?}");
+        };
+        check(OscArg::Int(-5), "i64", "-5");
+        check(OscArg::Long(5_000_000_000), "i64", "5000000000");
+        check(OscArg::Float(1.5), "f64", "1.5");
+        check(OscArg::Double(0.1), "f64", "0.1");
+        check(OscArg::String("abc".into()), "string", "\"abc\"");
+        check(OscArg::Symbol("sym".into()), "string", "\"sym\"");
+        check(OscArg::Blob(vec![1, 2]), "blob", "[0102]");
+        check(OscArg::True, "bool", "true");
+        check(OscArg::False, "bool", "false");
+        check(OscArg::Nil, "()", "()");
+        check(OscArg::Inf, "f64", "inf");
+        check(OscArg::Char('x'), "char", "'x'");
+        check(
+            OscArg::Array(vec![OscArg::Int(1), OscArg::Array(vec![OscArg::True])]),
+            "array",
+            "[1, [true]]",
+        );
+        check(
+            OscArg::Time(t),
+            "map",
+            "#{\"fraction\": 123, \"seconds\": 3900000000}",
+        );
+        check(
+            OscArg::Midi(Midi {
+                port: 1,
+                status: 0x90,
+                data1: 60,
+                data2: 127,
+            }),
+            "map",
+            "#{\"data1\": 60, \"data2\": 127, \"port\": 1, \"status\": 144}",
+        );
+        check(
+            OscArg::Rgba(Rgba {
+                r: 1,
+                g: 2,
+                b: 3,
+                a: 4,
+            }),
+            "map",
+            "#{\"a\": 4, \"b\": 3, \"g\": 2, \"r\": 1}",
+        );
+        // Exact values, not just their printing.
+        assert_eq!(osc_to_dynamic(&OscArg::Double(0.1)).as_float(), Ok(0.1));
+        assert_eq!(
+            osc_to_dynamic(&OscArg::Float(0.1)).as_float(),
+            Ok(f64::from(0.1f32))
+        );
+        assert_eq!(osc_to_dynamic(&OscArg::Inf).as_float(), Ok(f64::INFINITY));
+        assert_eq!(
+            osc_to_dynamic(&OscArg::Blob(vec![0, 255])).into_blob(),
+            Ok(vec![0, 255])
+        );
+        let map = osc_to_dynamic(&OscArg::Time(TimeTag::new(u32::MAX, u32::MAX))).cast::<Map>();
+        assert_eq!(map["seconds"].as_int(), Ok(4_294_967_295));
+        assert_eq!(map["fraction"].as_int(), Ok(4_294_967_295));
+    }
+
+    #[test]
+    fn received_arguments_round_trip_with_the_default_options() {
+        let same = [
+            OscArg::Int(i32::MIN),
+            OscArg::Int(7),
+            OscArg::Float(1.25),
+            OscArg::Float(f32::NEG_INFINITY),
+            OscArg::String("abc".into()),
+            OscArg::Blob(vec![1, 2, 3]),
+            OscArg::Long(i64::MAX),
+            OscArg::Long(-2_147_483_649),
+            OscArg::Time(TimeTag::new(3_900_000_000, 42)),
+            OscArg::Time(TimeTag::IMMEDIATELY),
+            OscArg::Char('x'),
+            OscArg::Rgba(Rgba {
+                r: 255,
+                g: 0,
+                b: 128,
+                a: 1,
+            }),
+            OscArg::Midi(Midi {
+                port: 0,
+                status: 0xb0,
+                data1: 7,
+                data2: 100,
+            }),
+            OscArg::True,
+            OscArg::False,
+            OscArg::Nil,
+            OscArg::Inf,
+            OscArg::Array(vec![
+                OscArg::Int(1),
+                OscArg::Array(vec![OscArg::String("x".into())]),
+                OscArg::Nil,
+            ]),
+            OscArg::Array(vec![]),
+        ];
+        for arg in same {
+            assert_eq!(
+                dynamic_to_osc(&osc_to_dynamic(&arg), &DEFAULT),
+                Ok(arg.clone()),
+                "{arg:?}"
+            );
+        }
+        // The documented exceptions.
+        let changed = [
+            (OscArg::Long(5), OscArg::Int(5)),
+            (OscArg::Double(1.5), OscArg::Float(1.5)),
+            (OscArg::Double(0.1), OscArg::Float(0.1)),
+            (OscArg::Symbol("abc".into()), OscArg::String("abc".into())),
+            (OscArg::Float(f32::INFINITY), OscArg::Inf),
+        ];
+        for (arg, back) in changed {
+            assert_eq!(
+                dynamic_to_osc(&osc_to_dynamic(&arg), &DEFAULT),
+                Ok(back),
+                "{arg:?}"
+            );
+        }
+        // NaN stays a float NaN.
+        let nan = dynamic_to_osc(&osc_to_dynamic(&OscArg::Float(f32::NAN)), &DEFAULT).unwrap();
+        assert!(matches!(nan, OscArg::Float(f) if f.is_nan()));
+        // `d` keeps its precision with 64-bit precision on.
+        assert_eq!(
+            dynamic_to_osc(&osc_to_dynamic(&OscArg::Double(0.1)), &WIDE),
+            Ok(OscArg::Double(0.1))
+        );
+    }
+
+    #[test]
+    fn shared_values_are_read_through() {
+        let shared = Dynamic::from_int(5_000_000_000).into_shared();
+        assert_eq!(
+            dynamic_to_osc(&shared, &DEFAULT),
+            Ok(OscArg::Long(5_000_000_000))
+        );
+        let typed = Dynamic::from(TypedArg::symbol("x").unwrap()).into_shared();
+        assert_eq!(
+            dynamic_to_osc(&typed, &STANDARD),
+            Ok(OscArg::Symbol("x".into()))
+        );
+        // A closure capture makes the variable shared inside the script.
+        let captured = eval("let x = [1, 'c']; let f = || x.len(); x");
+        assert_eq!(
+            dynamic_to_osc(&captured, &DEFAULT),
+            Ok(OscArg::Array(vec![OscArg::Int(1), OscArg::Char('c')]))
+        );
+        let bytes = Dynamic::from_int(65).into_shared();
+        assert_eq!(bytes_for_send_bytes(&vec![bytes]), Ok(vec![65]));
+        let text = Dynamic::from("hi").into_shared();
+        assert_eq!(bytes_for_send(&vec![text], Some("")), Ok(b"hi".to_vec()));
+    }
+
+    #[test]
+    fn conversion_error_messages() {
+        let cases: Vec<(&str, SendOscOptions, &str)> = vec![
+            (
+                "5_000_000_000",
+                STANDARD,
+                "integer 5000000000 does not fit in 32 bits and use_non_standard_types is false; keep \
+                 use_non_standard_types on (it is then sent as a 64-bit `h`) or force `h` with int64(x)",
+            ),
+            (
+                "-2147483649",
+                STANDARD,
+                "integer -2147483649 does not fit in 32 bits and use_non_standard_types is false; keep \
+                 use_non_standard_types on (it is then sent as a 64-bit `h`) or force `h` with int64(x)",
+            ),
+            (
+                "1e39",
+                DEFAULT,
+                "1e39 does not fit in a 32-bit float; send it as double(x) or with use_64bit_precision: true",
+            ),
+            (
+                "-1.5e300",
+                STANDARD,
+                "-1.5e300 does not fit in a 32-bit float; send it as double(x) or with use_64bit_precision: true",
+            ),
+            (
+                "[1]",
+                STANDARD,
+                "an array is a non-standard OSC type and use_non_standard_types is false; spread its \
+                 items into the argument list, or turn use_non_standard_types on",
+            ),
+            (
+                "#{seconds: 1, fraction: 2}",
+                STANDARD,
+                "a time tag map is a non-standard OSC type and use_non_standard_types is false; write \
+                 timetag(seconds, fraction) to send a `t` anyway, or turn use_non_standard_types on",
+            ),
+            (
+                "#{port: 0, status: 144, data1: 60, data2: 127}",
+                STANDARD,
+                "a MIDI map is a non-standard OSC type and use_non_standard_types is false; write \
+                 midi(port, status, data1, data2) to send an `m` anyway, or turn use_non_standard_types on",
+            ),
+            (
+                "#{r: 1, g: 2, b: 3, a: 4}",
+                STANDARD,
+                "a color map is a non-standard OSC type and use_non_standard_types is false; write \
+                 rgba(r, g, b, a) to send an `r` anyway, or turn use_non_standard_types on",
+            ),
+            (
+                "\"a\\x00b\"",
+                DEFAULT,
+                "string has a NUL byte at byte 1; OSC strings end at the first NUL, so send these bytes as a blob",
+            ),
+            (
+                "'\\x00'",
+                STANDARD,
+                "string has a NUL byte at byte 0; OSC strings end at the first NUL, so send these bytes as a blob",
+            ),
+            ("#{seconds: 1.5, fraction: 0}", DEFAULT, "time tag field `seconds` has type `float`; it must be an integer"),
+            ("#{seconds: -1, fraction: 0}", DEFAULT, "time tag field `seconds` is -1; it must be 0..=4294967295"),
+            ("#{seconds: 0, fraction: 4294967296}", DEFAULT, "time tag field `fraction` is 4294967296; it must be 0..=4294967295"),
+            ("#{port: 0, status: 256, data1: 0, data2: 0}", DEFAULT, "MIDI field `status` is 256; it must be 0..=255"),
+            ("#{port: 0, status: 144, data1: \"x\", data2: 0}", DEFAULT, "MIDI field `data1` has type `string`; it must be an integer"),
+            ("#{r: 0, g: 0, b: 0, a: -1}", DEFAULT, "color field `a` is -1; it must be 0..=255"),
+            (
+                "#{seconds: 1}",
+                DEFAULT,
+                "map #{seconds} is not an OSC value; a map must have exactly the keys #{seconds, \
+                 fraction} (time tag), #{port, status, data1, data2} (MIDI) or #{r, g, b, a} (color)",
+            ),
+            (
+                "#{r: 1, g: 2, b: 3, a: 4, x: 5}",
+                STANDARD,
+                "map #{a, b, g, r, x} is not an OSC value; a map must have exactly the keys #{seconds, \
+                 fraction} (time tag), #{port, status, data1, data2} (MIDI) or #{r, g, b, a} (color)",
+            ),
+            (
+                "#{}",
+                DEFAULT,
+                "map #{} is not an OSC value; a map must have exactly the keys #{seconds, fraction} \
+                 (time tag), #{port, status, data1, data2} (MIDI) or #{r, g, b, a} (color)",
+            ),
+            (
+                "[1, #{x: 1}]",
+                DEFAULT,
+                "map #{x} is not an OSC value; a map must have exactly the keys #{seconds, fraction} \
+                 (time tag), #{port, status, data1, data2} (MIDI) or #{r, g, b, a} (color)",
+            ),
+            (
+                "Fn(\"abs\")",
+                DEFAULT,
+                "cannot send a value of type `Fn` as an OSC argument; send ints, floats, strings, chars, \
+                 bools, (), blobs, arrays, time tag/MIDI/color maps or a wrapper such as int64(x)",
+            ),
+            (
+                "timestamp()",
+                DEFAULT,
+                "cannot send a value of type `timestamp` as an OSC argument; send ints, floats, strings, \
+                 chars, bools, (), blobs, arrays, time tag/MIDI/color maps or a wrapper such as int64(x)",
+            ),
+            (
+                "1.0 / 0.0",
+                BOTH,
+                "use_64bit_precision needs use_non_standard_types (64-bit types are non-standard OSC); \
+                 set use_non_standard_types: true or drop use_64bit_precision",
+            ),
+        ];
+        for (expr, options, message) in cases {
+            assert_eq!(send_err(expr, options), message, "{expr} with {options:?}");
+        }
+        // A custom type nobody taught us about.
+        #[derive(Clone)]
+        struct Peer;
+        let unknown = dynamic_to_osc(&Dynamic::from(Peer), &DEFAULT)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unknown.starts_with("cannot send a value of type `"),
+            "{unknown}"
+        );
+        assert!(unknown.contains("Peer`"), "{unknown}");
+        // `Other` passes its text through.
+        assert_eq!(
+            ValueError::Other("as written".into()).to_string(),
+            "as written"
+        );
+    }
+
+    #[test]
+    fn wrappers_in_scripts() {
+        let shown = [
+            ("int32(5)", "int32(5)", "i", "5"),
+            (
+                "int32(-2147483648)",
+                "int32(-2147483648)",
+                "i",
+                "-2147483648",
+            ),
+            ("int64(5)", "int64(5)", "h", "5"),
+            ("float32(1.5)", "float32(1.5)", "f", "1.5"),
+            ("float32(2)", "float32(2.0)", "f", "2.0"),
+            ("double(0.1)", "double(0.1)", "d", "0.1"),
+            ("double(2)", "double(2.0)", "d", "2.0"),
+            ("symbol(\"a\\\"b\")", "symbol(\"a\\\"b\")", "S", "a\"b"),
+            ("impulse()", "impulse()", "I", "inf"),
+            ("nil()", "nil()", "N", "()"),
+            (
+                "timetag(1, 2)",
+                "timetag(1, 2)",
+                "t",
+                "#{\"fraction\": 2, \"seconds\": 1}",
+            ),
+            (
+                "midi(0, 144, 60, 127)",
+                "midi(0, 144, 60, 127)",
+                "m",
+                "#{\"data1\": 60, \"data2\": 127, \"port\": 0, \"status\": 144}",
+            ),
+            (
+                "rgba(255, 128, 0, 255)",
+                "rgba(255, 128, 0, 255)",
+                "r",
+                "#{\"a\": 255, \"b\": 0, \"g\": 128, \"r\": 255}",
+            ),
+        ];
+        let engine = engine();
+        for (expr, text, tag, value) in shown {
+            let run = |script: String| {
+                engine
+                    .eval::<String>(&script)
+                    .unwrap_or_else(|e| panic!("{script}: {e}"))
+            };
+            assert_eq!(run(format!("({expr}).to_string()")), text);
+            assert_eq!(run(format!("`${{{expr}}}`")), text);
+            assert_eq!(run(format!("\"\" + {expr}")), text);
+            assert_eq!(run(format!("({expr}).to_debug()")), text);
+            assert_eq!(run(format!("({expr}).tag")), tag);
+            assert_eq!(run(format!("let v = ({expr}).value; if type_of(v) == \"string\" {{ v }} else {{ v.to_debug() }}")), value);
+            assert_eq!(run(format!("type_of({expr})")), "osc_typed");
+            // What a wrapper prints is the call that makes it again.
+            let again = engine.eval::<TypedArg>(text).unwrap();
+            assert_eq!(again, engine.eval::<TypedArg>(expr).unwrap(), "{expr}");
+        }
+        assert!(engine.eval::<bool>("int32(5) == int32(5)").unwrap());
+        assert!(engine.eval::<bool>("int32(5) != int64(5)").unwrap());
+        assert!(!engine.eval::<bool>("nil() == impulse()").unwrap());
+        assert!(engine
+            .eval::<bool>("let x = [nil(), 1]; x[0] == nil()")
+            .unwrap());
+        assert!(engine
+            .eval::<bool>("fn n() { nil() } n() == nil()")
+            .unwrap());
+        // The Rust side of a wrapper.
+        assert_eq!(TypedArg::int64(5).arg(), &OscArg::Long(5));
+        assert_eq!(TypedArg::nil().into_arg(), OscArg::Nil);
+        assert_eq!(TypedArg::midi(1, 2, 3, 4).unwrap().tag(), "m");
+    }
+
+    #[test]
+    fn wrapper_range_errors_name_the_script_position() {
+        let cases = [
+            ("int32(2147483648)", "int32(2147483648) is out of range -2147483648..=2147483647; use int64(x) for larger integers"),
+            ("int32(-2147483649)", "int32(-2147483649) is out of range -2147483648..=2147483647; use int64(x) for larger integers"),
+            ("float32(1e39)", "1e39 does not fit in a 32-bit float; send it as double(x) or with use_64bit_precision: true"),
+            ("symbol(\"a\\x00\")", "string has a NUL byte at byte 1; OSC strings end at the first NUL, so send these bytes as a blob"),
+            ("timetag(-1, 0)", "time tag field `seconds` is -1; it must be 0..=4294967295"),
+            ("timetag(0, 4294967296)", "time tag field `fraction` is 4294967296; it must be 0..=4294967295"),
+            ("midi(256, 0, 0, 0)", "MIDI field `port` is 256; it must be 0..=255"),
+            ("midi(0, 0, 0, -1)", "MIDI field `data2` is -1; it must be 0..=255"),
+            ("rgba(0, 300, 0, 0)", "color field `g` is 300; it must be 0..=255"),
+        ];
+        for (expr, message) in cases {
+            let err = eval_err(&format!("let x = 1;\n  {expr}"));
+            assert_eq!(
+                err,
+                format!("Runtime error: {message} (line 2, position 3)"),
+                "{expr}"
+            );
+        }
+        // Wrong argument types are Rhai's own "function not found" errors.
+        assert!(
+            eval_err("int32(1.5)").starts_with("Function not found: int32 (f64)"),
+            "{}",
+            eval_err("int32(1.5)")
+        );
+        assert!(
+            eval_err("nil( )").contains("Expecting '()' for 'nil' expression"),
+            "{}",
+            eval_err("nil( )")
+        );
+        // float32(inf) is an explicit request, not an overflow.
+        assert_eq!(
+            TypedArg::float32(f64::INFINITY).unwrap().into_arg(),
+            OscArg::Float(f32::INFINITY)
+        );
+    }
+
+    #[test]
+    fn timetag_after_is_relative_to_the_system_clock() {
+        let now = SystemTime::now();
+        let tag = |ms| match TypedArg::timetag_after(now, ms).into_arg() {
+            OscArg::Time(t) => t,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(tag(0), TimeTag::from_system_time(now));
+        assert_eq!(tag(1500).offset_from(now), 1_500_000_000);
+        assert_eq!(tag(-250).offset_from(now), -250_000_000);
+        // From a script: within a generous bound of "now + 1 s".
+        let before = SystemTime::now();
+        let t = match eval("timetag_after(1000)").cast::<TypedArg>().into_arg() {
+            OscArg::Time(t) => t,
+            other => panic!("{other:?}"),
+        };
+        let offset = t.offset_from(before);
+        assert!(
+            (1_000_000_000..61_000_000_000).contains(&offset),
+            "{offset}"
+        );
+    }
+
+    #[test]
+    fn send_osc_options_from_a_map() {
+        let options = |script: &str| options_from_map(&eval(script).cast::<Map>());
+        assert_eq!(options("#{}"), Ok(DEFAULT));
+        assert_eq!(
+            options("#{as_bundle: true}"),
+            Ok(SendOscOptions {
+                as_bundle: true,
+                ..DEFAULT
+            })
+        );
+        assert_eq!(options("#{use_non_standard_types: false}"), Ok(STANDARD));
+        assert_eq!(options("#{use_64bit_precision: true}"), Ok(WIDE));
+        assert_eq!(
+            options("#{as_bundle: true, use_non_standard_types: true, use_64bit_precision: true}"),
+            Ok(SendOscOptions {
+                as_bundle: true,
+                ..WIDE
+            })
+        );
+        let err = |script: &str| options(script).unwrap_err().to_string();
+        assert_eq!(
+            err("#{use_non_standard_types: false, use_64bit_precision: true}"),
+            "use_64bit_precision needs use_non_standard_types (64-bit types are non-standard OSC); \
+             set use_non_standard_types: true or drop use_64bit_precision"
+        );
+        assert_eq!(
+            err("#{asBundle: true}"),
+            "unknown send_osc option `asBundle`; the options are as_bundle, use_non_standard_types and \
+             use_64bit_precision"
+        );
+        assert_eq!(
+            err("#{as_bundle: 1}"),
+            "send_osc option `as_bundle` has type `int`; it must be true or false"
+        );
+        assert_eq!(
+            err("#{use_64bit_precision: \"yes\"}"),
+            "send_osc option `use_64bit_precision` has type `string`; it must be true or false"
+        );
+        assert_eq!(
+            SendOscOptions::KEYS,
+            ["as_bundle", "use_non_standard_types", "use_64bit_precision"]
+        );
+        assert_eq!(BOTH.validate(), Err(ValueError::Needs64BitNonStandard));
+        assert_eq!(WIDE.validate(), Ok(()));
+    }
+
+    #[test]
+    fn send_bytes_sequences() {
+        let bytes = |script: &str| bytes_for_send_bytes(&eval(script).into_array().unwrap());
+        // TouchDesigner's example: n.sendBytes('TYPE', 23, 255, 12, 0x34, b'\x01\x00\x02\x00\x03\x00\x00\x00')
+        let mut want = b"TYPE".to_vec();
+        want.extend_from_slice(&[23, 255, 12, 0x34, 1, 0, 2, 0, 3, 0, 0, 0]);
+        let example = r#"
+            let b = blob(8);
+            b[0] = 1; b[2] = 2; b[4] = 3;
+            ["TYPE", 23, 255, 12, 0x34, b]
+        "#;
+        assert_eq!(bytes(example), Ok(want));
+        assert_eq!(bytes("[]"), Ok(vec![]));
+        assert_eq!(
+            bytes("[0, \"é\", 'ß', \"\", blob()]"),
+            Ok(vec![0, 0xc3, 0xa9, 0xc3, 0x9f])
+        );
+        assert_eq!(bytes("[\"a\\x00b\"]"), Ok(b"a\0b".to_vec()));
+        let err = |script: &str| bytes(script).unwrap_err().to_string();
+        assert_eq!(
+            err("[1, 2, 256]"),
+            "send_bytes item at index 2 is 256, not a byte; single byte values must be 0..=255 (put \
+             longer binary data in a blob)"
+        );
+        assert_eq!(
+            err("[-1]"),
+            "send_bytes item at index 0 is -1, not a byte; single byte values must be 0..=255 (put \
+             longer binary data in a blob)"
+        );
+        assert_eq!(
+            err("[\"a\", 1.5]"),
+            "send_bytes item at index 1 has type `float`; send_bytes takes strings, blobs and byte \
+             values 0..=255"
+        );
+        assert_eq!(
+            err("[[1, 2]]"),
+            "send_bytes item at index 0 has type `array`; send_bytes takes strings, blobs and byte \
+             values 0..=255"
+        );
+        assert_eq!(
+            err("[int32(1)]"),
+            "send_bytes item at index 0 has type `osc_typed`; send_bytes takes strings, blobs and byte \
+             values 0..=255"
+        );
+    }
+
+    #[test]
+    fn send_sequences() {
+        let send = |script: &str, terminator| {
+            bytes_for_send(&eval(script).into_array().unwrap(), terminator)
+        };
+        assert_eq!(
+            send(r#"["Hello", "World"]"#, None),
+            Ok(b"Hello\0World\0".to_vec())
+        );
+        assert_eq!(
+            send(r#"["Hello", "World"]"#, Some("\r\n")),
+            Ok(b"Hello\r\nWorld\r\n".to_vec())
+        );
+        assert_eq!(
+            send(r#"["Hello", "World"]"#, Some("")),
+            Ok(b"HelloWorld".to_vec())
+        );
+        assert_eq!(send(r#"["", 'x']"#, None), Ok(b"\0x\0".to_vec()));
+        assert_eq!(send("[\"é\"]", Some(";")), Ok(vec![0xc3, 0xa9, b';']));
+        assert_eq!(send("[]", None), Ok(vec![]));
+        assert_eq!(
+            send(r#"["a", 1]"#, None).unwrap_err().to_string(),
+            "send item at index 1 has type `int`; send takes strings only (use send_bytes for blobs \
+             and byte values)"
+        );
+        assert_eq!(
+            send("[blob(1)]", Some("")).unwrap_err().to_string(),
+            "send item at index 0 has type `blob`; send takes strings only (use send_bytes for blobs \
+             and byte values)"
+        );
+    }
+}
