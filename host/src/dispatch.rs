@@ -4,7 +4,7 @@
 //! entirely by the table that was current when its packet arrived.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use patchbay_plugin_api::osc::decode::BundleRef;
@@ -16,6 +16,7 @@ use crate::channel::{Origin, Output};
 use crate::metrics::ChannelMetrics;
 use crate::route::{ChannelId, Hits, RouteTable, Target};
 use crate::scheduler::{classify, FarFuture, Scheduler, Timing};
+use crate::script::ScriptMessage;
 
 /// What routing needs at once: the table and the outputs its targets name. Swapped as one unit.
 pub struct Switchboard {
@@ -49,6 +50,11 @@ impl Switchboard {
 
     pub fn output(&self, id: ChannelId) -> Option<&Arc<dyn Output>> {
         self.outputs.get(id.0 as usize).and_then(Option::as_ref)
+    }
+
+    /// By name, for scripts' `send(channel, ...)` (not the per-message path: a handful of channels).
+    pub fn output_named(&self, name: &str) -> Option<&Arc<dyn Output>> {
+        self.outputs.iter().flatten().find(|o| o.name() == name)
     }
 }
 
@@ -189,13 +195,12 @@ impl Dispatcher {
                 board.table.captures(index, message.address, &mut self.caps);
             }
             for target in route.targets.iter() {
-                let bytes = render(
-                    target,
-                    message,
-                    &self.caps,
-                    &mut self.address,
-                    &mut self.encoded,
-                );
+                if let Target::Script { script, function } = target {
+                    let message = script_message(message, &self.name, &route.name, &self.caps, origin);
+                    script.deliver(function.clone(), message);
+                    continue;
+                }
+                let bytes = render(target, message, &self.caps, &mut self.address, &mut self.encoded);
                 send_to(board, destination(target), origin, bytes);
             }
         }
@@ -232,26 +237,20 @@ impl Dispatcher {
                             board.table.captures(index, message.address, &mut self.caps);
                         }
                         for target in route.targets.iter() {
-                            let bytes = render(
-                                target,
-                                &message,
-                                &self.caps,
-                                &mut self.address,
-                                &mut self.encoded,
-                            );
+                            if let Target::Script { script, function } = target {
+                                let message = script_message(&message, &self.name, &route.name, &self.caps, origin);
+                                let (script, function) = (script.clone(), function.clone());
+                                when_due(&self.scheduler, timing, now.1, move || script.deliver(function, message));
+                                continue;
+                            }
+                            let bytes = render(target, &message, &self.caps, &mut self.address, &mut self.encoded);
                             match target {
-                                Target::Forward {
-                                    channel,
-                                    unbundle: true,
-                                    ..
-                                } => unbundled(
-                                    &self.scheduler,
-                                    board,
-                                    *channel,
-                                    bytes,
-                                    timing,
-                                    now.1,
-                                ),
+                                Target::Forward { channel, unbundle: true, .. } => {
+                                    if let Some(output) = board.output(*channel) {
+                                        let (output, bytes) = (output.clone(), bytes.to_vec());
+                                        when_due(&self.scheduler, timing, now.1, move || output.send(&bytes));
+                                    }
+                                }
                                 _ => append_element(out, destination(target), bytes),
                             }
                         }
@@ -273,36 +272,47 @@ impl Dispatcher {
     }
 }
 
-/// One message of a bundle for an `unbundle` forward: now, at its time, or (far-future policy) never.
-fn unbundled(
-    scheduler: &Scheduler,
-    board: &Switchboard,
-    channel: ChannelId,
-    bytes: &[u8],
-    timing: Timing,
-    now: Instant,
-) {
-    let Some(output) = board.output(channel) else {
-        return;
-    };
+/// A bundle's message for a target that acts on it itself (an `unbundle` forward, a script): now, at
+/// the bundle's time, or (far-future policy `drop`) never.
+fn when_due(scheduler: &Scheduler, timing: Timing, now: Instant, deliver: impl FnOnce() + Send + 'static) {
     match timing {
-        Timing::Now { .. } => output.send(bytes),
-        Timing::FarFuture(_) if scheduler.far_future_policy() == FarFuture::Dispatch => {
-            output.send(bytes)
-        }
+        Timing::Now { .. } => deliver(),
+        Timing::FarFuture(_) if scheduler.far_future_policy() == FarFuture::Dispatch => deliver(),
         Timing::FarFuture(_) => scheduler.metrics.dropped.increment(1),
         Timing::After(delay) => {
-            if scheduler.schedule(now + delay, output.clone(), bytes.to_vec()) {
+            if scheduler.schedule_action(now + delay, Box::new(deliver)) {
                 scheduler.metrics.scheduled.increment(1);
             }
         }
     }
 }
 
+/// The owned copy of a message a script gets (decoded once, here, off the script's thread).
+fn script_message(
+    message: &MessageRef<'_>,
+    channel: &Arc<str>,
+    route: &Arc<str>,
+    caps: &Captures,
+    origin: &Origin,
+) -> ScriptMessage {
+    let received_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    ScriptMessage {
+        address: message.address.to_string(),
+        args: message.args(),
+        type_tags: message.type_tags.to_string(),
+        channel: channel.clone(),
+        route: route.clone(),
+        received_ms,
+        captures: caps.spans.iter().map(|&(a, b)| message.address[a..b].to_string()).collect(),
+        origin: *origin,
+    }
+}
+
 fn destination(target: &Target) -> Destination {
     match target {
         Target::Forward { channel, .. } => Destination::Forward(*channel),
-        Target::Reply { .. } => Destination::Reply,
+        // Scripts are delivered before this is asked; a reply is the safe reading.
+        Target::Reply { .. } | Target::Script { .. } => Destination::Reply,
     }
 }
 

@@ -26,6 +26,10 @@ pub const UNMATCHED: &str = "patchbay_unmatched_total";
 pub const RELOADS: &str = "patchbay_reloads_total";
 pub const CONFIG_GENERATION: &str = "patchbay_config_generation";
 pub const RELOAD_SECONDS: &str = "patchbay_reload_save_to_applied_seconds";
+pub const SCRIPT_CALLS: &str = "patchbay_script_calls_total";
+pub const SCRIPT_ERRORS: &str = "patchbay_script_errors_total";
+pub const SCRIPT_QUEUE_DROPS: &str = "patchbay_script_queue_drops_total";
+pub const SCRIPT_CALL_SECONDS: &str = "patchbay_script_call_seconds";
 pub const BUNDLES_SCHEDULED: &str = "patchbay_bundles_scheduled_total";
 pub const BUNDLES_LATE: &str = "patchbay_bundles_late_total";
 pub const BUNDLES_FAR_FUTURE: &str = "patchbay_bundles_far_future_total";
@@ -48,6 +52,10 @@ pub const ALL: &[(&str, &str)] = &[
     (RELOADS, "config reloads by result: applied, invalid (kept the running config), rolled_back (applying failed)"),
     (CONFIG_GENERATION, "generation of the config in force: 1 at start, +1 per applied reload"),
     (RELOAD_SECONDS, "time from the config file's save (or SIGHUP) to the new config being applied"),
+    (SCRIPT_CALLS, "calls into a script: messages, timers, init and on_reload"),
+    (SCRIPT_ERRORS, "script errors by kind: compile, runtime, limit (operations, deadline, sizes, depth)"),
+    (SCRIPT_QUEUE_DROPS, "messages dropped because a script's queue was full"),
+    (SCRIPT_CALL_SECONDS, "how long script calls take"),
     (BUNDLES_SCHEDULED, "messages held until their bundle's time tag (unbundle forwards, scripts, plugins)"),
     (BUNDLES_LATE, "bundles whose time tag had already passed on arrival (dispatched at once)"),
     (BUNDLES_FAR_FUTURE, "bundles whose time tag lay beyond bundles.horizon_ms (dispatched at once or dropped)"),

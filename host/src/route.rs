@@ -6,6 +6,7 @@
 //! the order targets fire in are exactly what the YAML says.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use metrics::Counter;
@@ -13,13 +14,14 @@ use patchbay_plugin_api::osc::pattern::{has_pattern_syntax, Captures};
 use patchbay_plugin_api::osc::Pattern;
 
 use crate::config::{RewritePart, RouteMatch, RoutePlan, TargetPlan};
+use crate::script::ScriptHandle;
 
 /// A channel's identity for its whole life in the process (stable across reloads), so routes can name
 /// their source and destination without string compares per message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelId(pub u32);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Target {
     /// `unbundle`: a bundle's messages go out one by one at their bundle's time.
     Forward {
@@ -30,12 +32,18 @@ pub enum Target {
     Reply {
         rewrite: Option<Rewrite>,
     },
+    /// Queued to a script's thread.
+    Script {
+        script: Arc<ScriptHandle>,
+        function: Arc<str>,
+    },
 }
 
 impl Target {
     pub fn rewrite(&self) -> Option<&Rewrite> {
         match self {
             Target::Forward { rewrite, .. } | Target::Reply { rewrite } => rewrite.as_ref(),
+            Target::Script { .. } => None,
         }
     }
 }
@@ -113,8 +121,18 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Compiles the plan's routes. `channel_id` maps a channel name from the (validated) plan to its id.
-    pub fn build(plan: &[RoutePlan], mut channel_id: impl FnMut(&str) -> ChannelId) -> RouteTable {
+    /// Compiles the plan's routes. `channel_id` maps a channel name from the (validated) plan to its
+    /// id. Script targets are left out (see [`RouteTable::build_with`]).
+    pub fn build(plan: &[RoutePlan], channel_id: impl FnMut(&str) -> ChannelId) -> RouteTable {
+        Self::build_with(plan, channel_id, |_, _| None)
+    }
+
+    /// As [`RouteTable::build`], with `script` giving the running script for a target's file.
+    pub fn build_with(
+        plan: &[RoutePlan],
+        mut channel_id: impl FnMut(&str) -> ChannelId,
+        mut script: impl FnMut(&Path, &str) -> Option<Arc<ScriptHandle>>,
+    ) -> RouteTable {
         let mut table = RouteTable {
             routes: Vec::with_capacity(plan.len()),
             literal: HashMap::new(),
@@ -128,19 +146,17 @@ impl RouteTable {
             let targets: Vec<Target> = route
                 .targets
                 .iter()
-                .map(|t| match t {
-                    TargetPlan::Forward {
-                        channel,
-                        rewrite,
-                        unbundle,
-                    } => Target::Forward {
+                .filter_map(|t| match t {
+                    TargetPlan::Forward { channel, rewrite, unbundle } => Some(Target::Forward {
                         channel: channel_id(channel),
                         rewrite: rewrite.as_ref().map(|r| Rewrite::new(r.parts.clone())),
                         unbundle: *unbundle,
-                    },
-                    TargetPlan::Reply { rewrite } => Target::Reply {
-                        rewrite: rewrite.as_ref().map(|r| Rewrite::new(r.parts.clone())),
-                    },
+                    }),
+                    TargetPlan::Reply { rewrite } => {
+                        Some(Target::Reply { rewrite: rewrite.as_ref().map(|r| Rewrite::new(r.parts.clone())) })
+                    }
+                    TargetPlan::Script { file, name, function } => script(file, name)
+                        .map(|script| Target::Script { script, function: function.as_str().into() }),
                 })
                 .collect();
             let pattern = match &route.matcher {
@@ -166,7 +182,9 @@ impl RouteTable {
                     None
                 }
             };
-            let needs_captures = targets
+            // Scripts see what each wildcard matched (`msg.captures`).
+            let needs_captures = targets.iter().any(|t| matches!(t, Target::Script { .. }))
+                || targets
                 .iter()
                 .any(|t| t.rewrite().is_some_and(Rewrite::uses_captures));
             table.routes.push(CompiledRoute {

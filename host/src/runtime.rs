@@ -27,6 +27,7 @@ use crate::ready::Ready;
 use crate::reload::{ChannelChange, PlanDiff};
 use crate::route::{ChannelId, RouteTable};
 use crate::scheduler::Scheduler;
+use crate::script::ScriptHost;
 use crate::watch::{self, ReloadTrigger};
 
 /// How `patchbay run` was asked to run.
@@ -100,6 +101,8 @@ pub struct Host {
     failures: mpsc::UnboundedSender<String>,
     /// The last edited text that was invalid, so a save that raises two triggers is reported once.
     last_invalid: Option<String>,
+    scripts: Arc<ScriptHost>,
+    script_watcher: Option<watch::Watcher>,
 }
 
 /// Runs the host until `shutdown` is cancelled.
@@ -111,12 +114,17 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
     let scheduler = Arc::new(Scheduler::new(plan.bundles.clone()));
     tokio::spawn(scheduler.clone().run(cancel.clone()));
 
+    let board: SharedSwitchboard =
+        Arc::new(ArcSwap::from_pointee(Switchboard::new(0, RouteTable::build(&[], |_| ChannelId(0)), vec![])));
+    let scripts = ScriptHost::new(board.clone(), plan.scripts.clone());
     let mut host = Host {
         options: options.clone(),
         generation: 1,
         ids: ChannelIds::default(),
         channels: BTreeMap::new(),
-        board: Arc::new(ArcSwap::from_pointee(Switchboard::new(0, RouteTable::build(&[], |_| ChannelId(0)), vec![]))),
+        board,
+        scripts,
+        script_watcher: None,
         scheduler,
         status: StatusBoard::default(),
         cancel: cancel.clone(),
@@ -140,6 +148,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         host.spawn_channel(&channel, id, output, own, startup);
     }
     host.swap_board();
+    host.watch_scripts();
 
     // Ready once every channel has tried its first bind.
     loop {
@@ -179,6 +188,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         }
     };
 
+    host.scripts.init_new();
     // Watching starts before the ready line, so an edit made right after it is not missed.
     let (reload_tx, mut reloads) = mpsc::channel::<ReloadTrigger>(16);
     let _watcher = match watch::watch_file(&options.config, reload_tx.clone()) {
@@ -217,6 +227,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         }
     }
     cancel.cancel();
+    host.scripts.shutdown();
     let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut host.channels).into_values().map(|r| r.task).collect();
     let _ = tokio::time::timeout(Duration::from_secs(5), futures_join(tasks)).await;
     tracing::info!("Patchbay stopped.");
@@ -309,10 +320,28 @@ impl Host {
     /// being routed finish on the board they loaded.
     fn swap_board(&mut self) {
         let ids = &mut self.ids;
-        let table = RouteTable::build(&self.plan.routes, |name| ids.id(name));
+        let scripts = &self.scripts;
+        let table = RouteTable::build_with(
+            &self.plan.routes,
+            |name| ids.id(name),
+            |file, name| Some(scripts.script(file, name)),
+        );
         let outputs: Vec<(ChannelId, Arc<dyn Output>)> =
             self.channels.values().map(|r| (r.id, r.output.clone() as Arc<dyn Output>)).collect();
         self.board.store(Arc::new(Switchboard::new(self.generation, table, outputs)));
+    }
+
+    /// (Re)starts the watch on the script folders (the set can change with a reload).
+    fn watch_scripts(&mut self) {
+        let folders = self.scripts.folders();
+        self.script_watcher = None;
+        if folders.is_empty() {
+            return;
+        }
+        match watch::watch_scripts(&folders, self.scripts.clone()) {
+            Ok(watcher) => self.script_watcher = Some(watcher),
+            Err(e) => tracing::warn!("Cannot watch the script folders for saves: {e}. Restart to load script edits."),
+        }
     }
 
     /// Reads, validates and applies the config file after an edit or SIGHUP.
@@ -491,7 +520,10 @@ impl Host {
         self.plan = new;
         self.generation += 1;
         self.scheduler.set_config(self.plan.bundles.clone());
+        self.scripts.set_plan(self.plan.scripts.clone());
         self.swap_board();
+        self.watch_scripts();
+        self.scripts.init_new();
         // Messages routed on the old board may still be sending through these (datagram outputs have
         // no queue of their own): give them a moment before the sockets close.
         for old in retired {

@@ -116,12 +116,11 @@ impl Default for SchedulerMetrics {
     }
 }
 
-/// A message waiting for its time.
+/// A message waiting for its time: what to do with it when it is due.
 struct Entry {
     due: Instant,
     seq: u64,
-    output: Arc<dyn Output>,
-    packet: Vec<u8>,
+    action: Box<dyn FnOnce() + Send>,
 }
 
 impl PartialEq for Entry {
@@ -183,6 +182,11 @@ impl Scheduler {
 
     /// Queues `packet` for `output` at `due`. False (and counted) when the queue is full.
     pub fn schedule(&self, due: Instant, output: Arc<dyn Output>, packet: Vec<u8>) -> bool {
+        self.schedule_action(due, Box::new(move || output.send(&packet)))
+    }
+
+    /// Queues any delivery (a script's or plugin's message) at `due`.
+    pub fn schedule_action(&self, due: Instant, action: Box<dyn FnOnce() + Send>) -> bool {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let limit = self.config.load().queue;
         if queue.heap.len() >= limit {
@@ -197,12 +201,7 @@ impl Scheduler {
         queue.seq += 1;
         let seq = queue.seq;
         let earliest = queue.heap.peek().map(|Reverse(e)| e.due);
-        queue.heap.push(Reverse(Entry {
-            due,
-            seq,
-            output,
-            packet,
-        }));
+        queue.heap.push(Reverse(Entry { due, seq, action }));
         drop(queue);
         if earliest.is_none_or(|earliest| due < earliest) {
             self.wake.notify_one();
@@ -233,7 +232,7 @@ impl Scheduler {
                 let next = queue.heap.peek().map(|Reverse(e)| e.due);
                 drop(queue);
                 for entry in due_now {
-                    entry.output.send(&entry.packet);
+                    (entry.action)();
                 }
                 next
             };

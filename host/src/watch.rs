@@ -98,3 +98,30 @@ pub async fn read_settled(path: &Path) -> io::Result<String> {
         _ => Err(io::Error::other("the file kept changing for over a second")),
     }
 }
+
+/// Watches the script folders: a saved `.rhai` file is handed to the script host, which compiles it
+/// on this (the watcher's) thread, off the message path, and swaps it into every script using it.
+pub fn watch_scripts(
+    folders: &[PathBuf],
+    scripts: std::sync::Arc<crate::script::ScriptHost>,
+) -> Result<Watcher, notify_debouncer_full::notify::Error> {
+    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
+        let Ok(events) = result else { return };
+        let mut changed: Vec<PathBuf> = events
+            .iter()
+            .filter(|e| !matches!(e.kind, EventKind::Access(_)))
+            .flat_map(|e| e.paths.iter())
+            .filter(|p| p.extension().is_some_and(|x| x == "rhai"))
+            .cloned()
+            .collect();
+        changed.sort();
+        changed.dedup();
+        for file in changed {
+            scripts.file_changed(&file);
+        }
+    })?;
+    for folder in folders {
+        debouncer.watch(folder, RecursiveMode::Recursive)?;
+    }
+    Ok(debouncer)
+}

@@ -256,6 +256,10 @@ impl Output for DatagramOutput {
     fn reply(&self, origin: &Origin, packet: &[u8]) {
         self.send_to(packet, origin.addr);
     }
+
+    fn reply_raw(&self, origin: &Origin, bytes: &[u8]) {
+        self.send_datagram(bytes, origin.addr);
+    }
 }
 
 /// The settings every datagram kind shares that change in place on a reload.

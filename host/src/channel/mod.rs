@@ -34,6 +34,14 @@ pub trait Output: Send + Sync {
     fn send(&self, packet: &[u8]);
     /// Sends a packet back to `origin`, from the socket that received the message.
     fn reply(&self, origin: &Origin, packet: &[u8]);
+    /// Sends bytes that are not OSC back to `origin` as they are (a script's `peer.send_bytes`).
+    fn reply_raw(&self, origin: &Origin, bytes: &[u8]) {
+        self.reply(origin, bytes)
+    }
+    /// Closes the connection `origin` came in on. Datagram channels have none: false.
+    fn close(&self, _origin: &Origin) -> bool {
+        false
+    }
 }
 
 /// What `run` of any transport gets.

@@ -13,11 +13,12 @@ use super::suggest::{closest, unknown_key_message};
 use super::yaml::{self, join, Node, Value};
 use super::{ConfigError, ConfigErrors};
 use crate::scheduler::BundleConfig;
+use crate::script::{ScriptsConfig, ScriptsPlan};
 
 /// The yaml_path of problems with the document as a whole (syntax errors, an empty file).
 pub(crate) const DOCUMENT: &str = "(document)";
 
-const TOP_KEYS: &[&str] = &["version", "channels", "routes", "metrics", "bundles"];
+const TOP_KEYS: &[&str] = &["version", "channels", "routes", "metrics", "bundles", "scripts"];
 const ROUTE_KEYS: &[&str] = &[
     "name",
     "match",
@@ -28,8 +29,8 @@ const ROUTE_KEYS: &[&str] = &[
     "incoming_patterns",
 ];
 /// What a target does; a target has exactly one of these.
-const TARGET_ACTIONS: &[&str] = &["forward", "reply"];
-const TARGET_KEYS: &[&str] = &["forward", "reply", "rewrite", "unbundle"];
+const TARGET_ACTIONS: &[&str] = &["forward", "reply", "script"];
+const TARGET_KEYS: &[&str] = &["forward", "reply", "script", "fn", "rewrite", "unbundle"];
 const METRICS_KEYS: &[&str] = &["listen"];
 
 /// Collects problems for one file.
@@ -128,6 +129,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
     let mut routes_node = None;
     let mut metrics_node = None;
     let mut bundles_node = None;
+    let mut scripts_node = None;
     for (key, key_node, value) in entries {
         match key.as_deref() {
             Some("version") => version = Some(value),
@@ -135,6 +137,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
             Some("routes") => routes_node = Some(value),
             Some("metrics") => metrics_node = Some(value),
             Some("bundles") => bundles_node = Some(value),
+            Some("scripts") => scripts_node = Some(value),
             Some(other) => errs.at(
                 key_node,
                 &join("", other),
@@ -169,8 +172,15 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
         .map(|n| build_channels(n, &mut errs))
         .unwrap_or_default();
     check_port_clashes(&channels, &mut errs);
+    let base_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let scripts = scripts_node
+        .map(|n| build_scripts(n, &base_dir, &mut errs))
+        .unwrap_or_else(|| ScriptsPlan::new(&base_dir, ScriptsConfig::default()));
     let routes = routes_node
-        .map(|n| build_routes(n, &channels, &mut errs))
+        .map(|n| build_routes(n, &channels, &scripts, &mut errs))
         .unwrap_or_default();
     let metrics = metrics_node.and_then(|n| build_metrics(n, &mut errs));
     let bundles = bundles_node
@@ -194,6 +204,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
         routes,
         metrics,
         bundles,
+        scripts,
     })
 }
 
@@ -396,7 +407,12 @@ fn check_port_clashes(channels: &[ChannelEntry], errs: &mut Errors) {
 // ---------------------------------------------------------------------------------------------
 // routes
 
-fn build_routes(node: &Node, channels: &[ChannelEntry], errs: &mut Errors) -> Vec<RoutePlan> {
+fn build_routes(
+    node: &Node,
+    channels: &[ChannelEntry],
+    scripts: &ScriptsPlan,
+    errs: &mut Errors,
+) -> Vec<RoutePlan> {
     let items = match &node.value {
         Value::Null => return Vec::new(),
         Value::Seq(items) => items,
@@ -416,7 +432,7 @@ fn build_routes(node: &Node, channels: &[ChannelEntry], errs: &mut Errors) -> Ve
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("routes[{i}]");
-        if let Some(route) = build_route(item, &path, channels, &mut names, i, errs) {
+        if let Some(route) = build_route(item, &path, channels, scripts, &mut names, i, errs) {
             out.push(route);
         }
     }
@@ -427,6 +443,7 @@ fn build_route(
     node: &Node,
     path: &str,
     channels: &[ChannelEntry],
+    scripts: &ScriptsPlan,
     names: &mut HashMap<String, (usize, usize)>,
     index: usize,
     errs: &mut Errors,
@@ -625,7 +642,7 @@ fn build_route(
                 Value::Seq(items) => {
                     for (i, item) in items.iter().enumerate() {
                         let tp = format!("{p}[{i}]");
-                        match build_target(item, &tp, captures, channels, errs) {
+                        match build_target(item, &tp, captures, channels, scripts, errs) {
                             Some(t) => targets.push(t),
                             None => ok = false,
                         }
@@ -758,6 +775,7 @@ fn build_target(
     path: &str,
     captures: Option<Captures>,
     channels: &[ChannelEntry],
+    scripts: &ScriptsPlan,
     errs: &mut Errors,
 ) -> Option<TargetPlan> {
     if !matches!(node.value, Value::Map(_)) {
@@ -787,7 +805,7 @@ fn build_target(
         errs.at(
             node,
             path,
-            "a target needs `forward: CHANNEL` or `reply: true`",
+            "a target needs `forward: CHANNEL`, `reply: true` or `script: FILE`",
         );
         return None;
     }
@@ -796,8 +814,8 @@ fn build_target(
             key,
             &join(path, action),
             format!(
-                "a target has exactly one of `forward` or `reply`, but this one also has `{}`; \
-                 split it into two targets",
+                "a target has exactly one of `forward`, `reply` or `script`, but this one also has \
+                 `{}`; split it into two targets",
                 actions[0].0
             ),
         );
@@ -882,9 +900,109 @@ fn build_target(
             }
             TargetPlan::Reply { rewrite }
         }
+        "script" => {
+            for key in ["rewrite", "unbundle"] {
+                if let Some((k, _)) = fields.get(key) {
+                    errs.at(
+                        k,
+                        &join(path, key),
+                        format!(
+                            "`{key}` applies to `forward` and `reply` targets; a script decides \
+                             itself what to send"
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            let written = expect_text(value, &action_path, "a script file such as `scripts/cues.rhai`", errs)?;
+            let function = match fields.get("fn") {
+                None => "on_message".to_string(),
+                Some((_, v)) => expect_text(v, &join(path, "fn"), "a function name", errs)?,
+            };
+            let file = scripts.base_dir.join(&written);
+            let module_dir = scripts.dir.clone().or_else(|| file.parent().map(|p| p.to_path_buf()));
+            match crate::script::engine::compile_file(&file, module_dir.as_deref()) {
+                Err(e) if e.line == 0 => {
+                    errs.at(value, &action_path, format!("script `{written}`: {}", e.message));
+                    ok = false;
+                }
+                Err(e) => {
+                    errs.list.push(ConfigError {
+                        file: file.clone(),
+                        yaml_path: action_path.clone(),
+                        line: e.line,
+                        column: e.column,
+                        message: format!("does not compile: {}", e.message),
+                    });
+                    ok = false;
+                }
+                Ok((ast, _)) => {
+                    let params = ast.iter_functions().find(|f| f.name == function).map(|f| f.params.len());
+                    match params {
+                        Some(1) | Some(2) => {}
+                        Some(n) => {
+                            errs.at(
+                                fields.get("fn").map(|(_, v)| *v).unwrap_or(value),
+                                &join(path, "fn"),
+                                format!(
+                                    "`{function}` in `{written}` takes {n} parameters; a message \
+                                     handler takes `(msg)` or `(msg, peer)`"
+                                ),
+                            );
+                            ok = false;
+                        }
+                        None => {
+                            let mut known: Vec<String> = ast.iter_functions().map(|f| f.name.to_string()).collect();
+                            known.dedup();
+                            errs.at(
+                                fields.get("fn").map(|(_, v)| *v).unwrap_or(value),
+                                &join(path, "fn"),
+                                format!(
+                                    "`{written}` has no function `{function}` (it has: {}); write \
+                                     `fn {function}(msg) {{ ... }}` or name another with `fn:`",
+                                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                                ),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+            }
+            TargetPlan::Script { file, name: written, function }
+        }
         _ => return None,
     };
     ok.then_some(target)
+}
+
+// ---------------------------------------------------------------------------------------------
+// scripts
+
+fn build_scripts(node: &Node, base_dir: &std::path::Path, errs: &mut Errors) -> ScriptsPlan {
+    if matches!(node.value, Value::Null) {
+        return ScriptsPlan::new(base_dir, ScriptsConfig::default());
+    }
+    match deserialize_all::<ScriptsConfig>(node) {
+        Ok(config) => {
+            let plan = ScriptsPlan::new(base_dir, config);
+            if let Some(dir) = &plan.dir {
+                if !dir.is_dir() {
+                    errs.at(
+                        node.get("dir").unwrap_or(node),
+                        "scripts.dir",
+                        format!("`{}` is not a folder", dir.display()),
+                    );
+                }
+            }
+            plan
+        }
+        Err(problems) => {
+            for p in problems {
+                errs.de(p, "scripts", node);
+            }
+            ScriptsPlan::new(base_dir, ScriptsConfig::default())
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

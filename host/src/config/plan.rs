@@ -9,6 +9,7 @@ use crate::channel::broadcast::BroadcastConfig;
 use crate::channel::multicast::MulticastConfig;
 use crate::channel::udp::UdpConfig;
 use crate::scheduler::BundleConfig;
+use crate::script::ScriptsPlan;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -21,6 +22,7 @@ pub struct Plan {
     pub metrics: Option<MetricsPlan>,
     /// Time-tag handling for targets that act on messages themselves.
     pub bundles: BundleConfig,
+    pub scripts: ScriptsPlan,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +78,14 @@ pub enum TargetPlan {
     },
     /// Back to the message's origin, from the socket that received it.
     Reply { rewrite: Option<Rewrite> },
+    /// A Rhai script's function.
+    Script {
+        /// Resolved against the config file's folder.
+        file: PathBuf,
+        /// As written in the config: the script's name in logs and metrics.
+        name: String,
+        function: String,
+    },
 }
 
 /// A rewrite template such as `/lx/sub/$1`, split once at load time.

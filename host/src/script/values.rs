@@ -104,6 +104,8 @@
 //! `symbol("abc")`) in `print`, `${...}` and `to_string()`; `x.tag` is its type tag (`"h"`) and
 //! `x.value` the plain value (`5`); `==` compares type and value. Native chars (`'x'`) need no
 //! wrapper.
+//! Rust code printing script values (`log_info`) should use [`display`], since `Dynamic`'s own
+//! `Display` shows a custom type's Rust path.
 //!
 //! # Raw sends
 //!
@@ -346,6 +348,40 @@ impl fmt::Display for TypedArg {
             other => write!(f, "{other:?}"),
         }
     }
+}
+
+/// A script value as `log_info` should print it: like Rhai's `to_string`, except that wrappers
+/// (also inside arrays and maps) print as the call that makes them (`int64(5)`), where
+/// `Dynamic`'s own `Display` would print the Rust type's path.
+pub fn display(value: &Dynamic) -> String {
+    let value = value.flatten_clone();
+    if value.is_array() || value.is_map() {
+        return display_nested(&value);
+    }
+    if let Some(typed) = value.read_lock::<TypedArg>() {
+        return typed.to_string();
+    }
+    value.to_string()
+}
+
+/// Inside arrays and maps: Rhai's debug form (strings quoted), wrappers as calls.
+fn display_nested(value: &Dynamic) -> String {
+    let value = value.flatten_clone();
+    if let Some(typed) = value.read_lock::<TypedArg>() {
+        return typed.to_string();
+    }
+    if let Ok(items) = value.as_array_ref() {
+        let items: Vec<String> = items.iter().map(display_nested).collect();
+        return format!("[{}]", items.join(", "));
+    }
+    if let Ok(map) = value.as_map_ref() {
+        let fields: Vec<String> = map
+            .iter()
+            .map(|(k, v)| format!("{:?}: {}", k.as_str(), display_nested(v)))
+            .collect();
+        return format!("#{{{}}}", fields.join(", "));
+    }
+    format!("{value:?}")
 }
 
 /// What scripts see in `msg.args` (see the module docs for the mapping).
@@ -1396,6 +1432,43 @@ mod tests {
         assert_eq!(TypedArg::int64(5).arg(), &OscArg::Long(5));
         assert_eq!(TypedArg::nil().into_arg(), OscArg::Nil);
         assert_eq!(TypedArg::midi(1, 2, 3, 4).unwrap().tag(), "m");
+    }
+
+    #[test]
+    fn display_prints_wrappers_as_calls_and_everything_else_like_rhai() {
+        let engine = engine();
+        for script in [
+            "5",
+            "1.5",
+            "\"abc\"",
+            "'x'",
+            "()",
+            "true",
+            "blob(2, 1)",
+            "[1, \"a\", 'c', (), [2.5]]",
+            "#{a: 1, b: \"x\", c: [()]}",
+        ] {
+            let value = engine.eval::<Dynamic>(script).unwrap();
+            let rhai = engine
+                .eval::<String>(&format!("({script}).to_string()"))
+                .unwrap();
+            assert_eq!(display(&value), rhai, "{script}");
+        }
+        let shown = |script: &str| display(&engine.eval::<Dynamic>(script).unwrap());
+        assert_eq!(shown("int64(5)"), "int64(5)");
+        assert_eq!(shown("symbol(\"a\")"), "symbol(\"a\")");
+        assert_eq!(
+            shown("[int32(1), \"s\", [nil()]]"),
+            "[int32(1), \"s\", [nil()]]"
+        );
+        assert_eq!(
+            shown("#{x: double(0.5), y: 2}"),
+            "#{\"x\": double(0.5), \"y\": 2}"
+        );
+        assert_eq!(
+            display(&Dynamic::from(TypedArg::impulse()).into_shared()),
+            "impulse()"
+        );
     }
 
     #[test]

@@ -1,0 +1,286 @@
+//! One thread per script: it owns the engine, the current AST and the timers, takes jobs (messages,
+//! new versions) from a bounded queue in arrival order, and fires timers on the monotonic clock.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, FuncArgs, Map, Scope, AST};
+
+use super::engine::{self, Peer, ScriptContext, State, Timers};
+use super::hostname::Hostnames;
+use super::{Job, Limits, ScriptHandle, ScriptMessage};
+use crate::dispatch::{RateLimitedLog, SharedSwitchboard};
+
+pub(crate) struct WorkerSetup {
+    pub handle: Arc<ScriptHandle>,
+    pub inbox: Receiver<Job>,
+    pub limits: Limits,
+    pub module_dir: Option<PathBuf>,
+    /// Where `state` is saved, when the script has `persist: true`.
+    pub persist: Option<PathBuf>,
+    pub board: SharedSwitchboard,
+    pub hostnames: Arc<Hostnames>,
+}
+
+pub(crate) fn spawn(setup: WorkerSetup) -> Option<std::thread::JoinHandle<()>> {
+    let name = format!("script {}", setup.handle.name);
+    let script = setup.handle.name.clone();
+    match std::thread::Builder::new().name(name).spawn(move || Worker::start(setup).run()) {
+        Ok(thread) => Some(thread),
+        Err(e) => {
+            tracing::error!(script = %script, "Cannot start the script's thread: {e}. Its routes do nothing.");
+            None
+        }
+    }
+}
+
+/// How often a changed `state` is written to disk at most.
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
+struct Worker {
+    handle: Arc<ScriptHandle>,
+    inbox: Receiver<Job>,
+    engine: Engine,
+    ctx: ScriptContext,
+    ast: Option<AST>,
+    /// Parameter counts of the current version's functions.
+    functions: HashMap<String, usize>,
+    scope: Scope<'static>,
+    persist: Option<PathBuf>,
+    saved: Instant,
+    error_log: RateLimitedLog,
+    init_asked: bool,
+    init_done: bool,
+}
+
+impl Worker {
+    fn start(setup: WorkerSetup) -> Worker {
+        let state = State::new(load_state(setup.persist.as_deref(), &setup.handle.name), setup.limits.max_state_entries);
+        let ctx = ScriptContext {
+            name: setup.handle.name.clone(),
+            board: setup.board,
+            hostnames: setup.hostnames,
+            timers: Arc::new(Mutex::new(Timers::default())),
+            state,
+            limits: setup.limits,
+            deadline: Arc::new(AtomicU64::new(u64::MAX)),
+            epoch: Instant::now(),
+        };
+        let mut worker = Worker {
+            engine: engine::build(&ctx),
+            handle: setup.handle,
+            inbox: setup.inbox,
+            ctx,
+            ast: None,
+            functions: HashMap::new(),
+            scope: Scope::new(),
+            persist: setup.persist,
+            saved: Instant::now(),
+            error_log: RateLimitedLog::new(Duration::from_secs(1)),
+            init_asked: false,
+            init_done: false,
+        };
+        match engine::compile_file(&worker.handle.path, setup.module_dir.as_deref()) {
+            Ok((ast, imports)) => {
+                *worker.handle.imports.lock().unwrap_or_else(|e| e.into_inner()) = imports;
+                worker.install(ast);
+            }
+            Err(e) => {
+                worker.handle.metrics.compile_errors.increment(1);
+                tracing::error!(
+                    script = %worker.handle.name,
+                    "The script does not compile: {e}. Its routes do nothing until a good version is saved."
+                );
+            }
+        }
+        worker
+    }
+
+    fn install(&mut self, ast: AST) {
+        self.functions = ast.iter_functions().map(|f| (f.name.to_string(), f.params.len())).collect();
+        self.ast = Some(ast);
+    }
+
+    fn run(mut self) {
+        loop {
+            let wait = self
+                .next_timer()
+                .map(|due| due.saturating_duration_since(Instant::now()))
+                .unwrap_or(PERSIST_EVERY)
+                .min(PERSIST_EVERY);
+            match self.inbox.recv_timeout(wait) {
+                Ok(Job::Call { function, message }) => self.call_message(&function, message),
+                Ok(Job::Swap { ast, imports }) => {
+                    *self.handle.imports.lock().unwrap_or_else(|e| e.into_inner()) = imports;
+                    self.install(*ast);
+                    tracing::info!(script = %self.handle.name, "Reloaded the script; its state and timers are kept.");
+                    if self.init_done {
+                        self.lifecycle("on_reload");
+                    } else if self.init_asked {
+                        // The first version did not compile: this is the script's first start.
+                        self.init_done = true;
+                        self.lifecycle("init");
+                    }
+                }
+                Ok(Job::Init) => {
+                    self.init_asked = true;
+                    if self.ast.is_some() {
+                        self.init_done = true;
+                        self.lifecycle("init");
+                    }
+                }
+                Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.fire_timers();
+            self.save_state(false);
+        }
+        self.save_state(true);
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.ctx.timers.lock().ok().and_then(|t| t.next_due())
+    }
+
+    /// `init()` / `on_reload()`, when the script defines them.
+    fn lifecycle(&mut self, function: &str) {
+        if self.functions.get(function) == Some(&0) {
+            let _ = self.call(function, (), "lifecycle");
+        }
+    }
+
+    fn call_message(&mut self, function: &str, message: ScriptMessage) {
+        let Some(&params) = self.functions.get(function) else {
+            if self.ast.is_some() {
+                self.handle.metrics.runtime_errors.increment(1);
+                let known: Vec<&str> = self.functions.keys().map(String::as_str).collect();
+                let name = &self.handle.name;
+                self.error_log.log(|suppressed| {
+                    tracing::error!(
+                        script = %name, suppressed,
+                        "The script has no function `{function}` (it has: {}); the message is dropped.",
+                        known.join(", ")
+                    )
+                });
+            }
+            return;
+        };
+        let peer = Peer::new(message.origin, message.channel.clone(), &self.ctx);
+        let route = message.route.clone();
+        let msg = Dynamic::from_map(engine::message_map(&message, peer.clone()));
+        let _ = match params {
+            2 => self.call(function, (msg, Dynamic::from(peer)), &route),
+            _ => self.call(function, (msg,), &route),
+        };
+    }
+
+    fn fire_timers(&mut self) {
+        let due = match self.ctx.timers.lock() {
+            Ok(mut timers) => timers.take_due(Instant::now()),
+            Err(_) => return,
+        };
+        for (_, function, args) in due {
+            if self.functions.contains_key(&function) {
+                let _ = self.call(&function, args, "timer");
+            } else if self.ast.is_some() {
+                self.handle.metrics.runtime_errors.increment(1);
+                tracing::error!(
+                    script = %self.handle.name,
+                    "A timer calls `{function}`, which the script does not define (any more)."
+                );
+            }
+        }
+    }
+
+    /// One bounded call: `max_operations` and the wall-clock deadline; errors are counted by kind and
+    /// logged (at most once a second) with script:line:column.
+    fn call(&mut self, function: &str, args: impl FuncArgs, context: &str) -> Option<Dynamic> {
+        let ast = self.ast.as_ref()?;
+        let started = Instant::now();
+        let deadline = self.ctx.epoch.elapsed() + self.ctx.limits.timeout;
+        self.ctx.deadline.store(deadline.as_nanos() as u64, Ordering::Relaxed);
+        self.handle.metrics.calls.increment(1);
+        // Per-message calls never re-run the script's top level.
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+        let result = self.engine.call_fn_with_options::<Dynamic>(options, &mut self.scope, ast, function, args);
+        self.ctx.deadline.store(u64::MAX, Ordering::Relaxed);
+        self.handle.metrics.duration.record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.report(&error, function, context);
+                None
+            }
+        }
+    }
+
+    fn report(&mut self, error: &EvalAltResult, function: &str, context: &str) {
+        let limit = engine::is_limit(error);
+        if limit {
+            self.handle.metrics.limit_errors.increment(1);
+        } else {
+            self.handle.metrics.runtime_errors.increment(1);
+        }
+        let (message, position) = engine::innermost(error);
+        let at = match (position.line(), position.position()) {
+            (Some(line), Some(column)) => format!("{}:{line}:{column}", self.handle.path.display()),
+            (Some(line), None) => format!("{}:{line}", self.handle.path.display()),
+            _ => self.handle.path.display().to_string(),
+        };
+        let kind = if limit { "stopped by a limit" } else { "failed" };
+        let name = &self.handle.name;
+        self.error_log.log(|suppressed| {
+            tracing::error!(
+                script = %name, function, context, suppressed,
+                "{at}: `{function}` {kind}: {message}. Other scripts and routes keep running."
+            )
+        });
+    }
+
+    fn save_state(&mut self, now: bool) {
+        let Some(path) = &self.persist else { return };
+        if !now && self.saved.elapsed() < PERSIST_EVERY {
+            return;
+        }
+        if !self.ctx.state.take_dirty() {
+            return;
+        }
+        self.saved = Instant::now();
+        if let Err(e) = write_state(path, &self.ctx.state.snapshot()) {
+            tracing::warn!(script = %self.handle.name, "Cannot save the script's state to {}: {e}.", path.display());
+        }
+    }
+}
+
+fn load_state(path: Option<&std::path::Path>, script: &str) -> Map {
+    let Some(path) = path else { return Map::new() };
+    match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice::<Dynamic>(&bytes).map(|d| d.try_cast::<Map>()) {
+            Ok(Some(map)) => map,
+            Ok(None) => {
+                tracing::warn!(script, "Ignoring the saved state in {}: it is not a map.", path.display());
+                Map::new()
+            }
+            Err(e) => {
+                tracing::warn!(script, "Ignoring the saved state in {}: {e}.", path.display());
+                Map::new()
+            }
+        },
+        Err(_) => Map::new(),
+    }
+}
+
+/// Written beside and renamed, so a crash mid-write never leaves half a file.
+fn write_state(path: &std::path::Path, state: &Map) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let json = serde_json::to_vec_pretty(&Dynamic::from_map(state.clone())).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(tmp, path)
+}
