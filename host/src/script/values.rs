@@ -364,7 +364,7 @@ pub fn display(value: &Dynamic) -> String {
     value.to_string()
 }
 
-/// Inside arrays and maps: Rhai's debug form (strings quoted), wrappers as calls.
+/// Inside arrays and maps: as Rhai prints them (strings quoted), wrappers as calls.
 fn display_nested(value: &Dynamic) -> String {
     let value = value.flatten_clone();
     if let Some(typed) = value.read_lock::<TypedArg>() {
@@ -380,6 +380,9 @@ fn display_nested(value: &Dynamic) -> String {
             .map(|(k, v)| format!("{:?}: {}", k.as_str(), display_nested(v)))
             .collect();
         return format!("#{{{}}}", fields.join(", "));
+    }
+    if value.is_char() {
+        return value.to_string(); // as Rhai prints chars inside arrays: unquoted
     }
     format!("{value:?}")
 }
