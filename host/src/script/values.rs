@@ -19,8 +19,8 @@
 //! | `r` | `#{r: int, g: int, b: int, a: int}` |
 //!
 //! Re-sending received arguments with the default options gives the same bytes back, except:
-//! `h` whose value fits in 32 bits becomes `i`; `d` becomes `f` (rounded to 32 bits); `S` becomes
-//! `s`; an `f` holding +infinity becomes `I`. Use the wrappers below (or `use_64bit_precision`) to
+//! `h` whose value fits in 32 bits becomes `i`; `d` becomes `f` (rounded to 32 bits, and an error
+//! beyond the 32-bit range); `S` becomes `s`; an `f` holding +infinity becomes `I`. Use the wrappers below (or `use_64bit_precision`) to
 //! keep those types.
 //!
 //! # Sending: `peer.send_osc` options and type inference
@@ -104,6 +104,7 @@
 //! `symbol("abc")`) in `print`, `${...}` and `to_string()`; `x.tag` is its type tag (`"h"`) and
 //! `x.value` the plain value (`5`); `==` compares type and value. Native chars (`'x'`) need no
 //! wrapper.
+//!
 //! Rust code printing script values (`log_info`) should use [`display`], since `Dynamic`'s own
 //! `Display` shows a custom type's Rust path.
 //!
@@ -1204,6 +1205,14 @@ mod tests {
                 "{arg:?}"
             );
         }
+        assert_eq!(
+            dynamic_to_osc(&osc_to_dynamic(&OscArg::Double(1e300)), &DEFAULT),
+            Err(ValueError::Float32Overflow("1e300".into()))
+        );
+        assert_eq!(
+            dynamic_to_osc(&osc_to_dynamic(&OscArg::Double(1e300)), &WIDE),
+            Ok(OscArg::Double(1e300))
+        );
         // NaN stays a float NaN.
         let nan = dynamic_to_osc(&osc_to_dynamic(&OscArg::Float(f32::NAN)), &DEFAULT).unwrap();
         assert!(matches!(nan, OscArg::Float(f) if f.is_nan()));
