@@ -392,11 +392,11 @@ pub fn build(ctx: &ScriptContext) -> Engine {
 
     // logs and time
     let name = ctx.name.clone();
-    engine.register_fn("log_info", move |v: Dynamic| tracing::info!(script = %name, "{v}"));
+    engine.register_fn("log_info", move |v: Dynamic| tracing::info!(script = %name, "{}", values::display(&v)));
     let name = ctx.name.clone();
-    engine.register_fn("log_warn", move |v: Dynamic| tracing::warn!(script = %name, "{v}"));
+    engine.register_fn("log_warn", move |v: Dynamic| tracing::warn!(script = %name, "{}", values::display(&v)));
     let name = ctx.name.clone();
-    engine.register_fn("log_error", move |v: Dynamic| tracing::error!(script = %name, "{v}"));
+    engine.register_fn("log_error", move |v: Dynamic| tracing::error!(script = %name, "{}", values::display(&v)));
     let name = ctx.name.clone();
     engine.on_print(move |text| tracing::info!(script = %name, "{text}"));
     engine.register_fn("now_ms", || unix_ms(SystemTime::now()));
