@@ -513,3 +513,561 @@ fn send_osc_table_every_row_byte_by_byte() {
         );
     }
 }
+
+const FORMS_RHAI: &str = r#"
+fn on_message(msg) {
+    let p = msg.peer;
+    switch msg.args[0] {
+        "list" => list(p),
+        "list_bundle" => list_bundle(p),
+        "list_wide" => list_wide(p),
+        "list_standard" => list_standard(p),
+        "one_bundle" => one_bundle(p),
+        "one_bundle_wide" => one_bundle_wide(p),
+        "returns" => returns(p),
+        "errors" => errors(p),
+    }
+}
+
+fn list(p) { p.send_osc([["/a", [1]], ["/b", ["x", 2.5]], ["/c"]]); }
+fn list_bundle(p) { p.send_osc([["/a", [1]], ["/b", [true]]], #{as_bundle: true}); }
+fn list_wide(p) { p.send_osc([["/a", [1, 1.5]]], #{use_64bit_precision: true}); }
+fn list_standard(p) { p.send_osc([["/a", [true, ()]], ["/b", ['c']]], #{use_non_standard_types: false}); }
+fn one_bundle(p) { p.send_osc("/one", [1], #{as_bundle: true}); }
+fn one_bundle_wide(p) { p.send_osc("/one", [1], #{as_bundle: true, use_64bit_precision: true}); }
+
+fn returns(p) {
+    let one = p.send_osc("/n", [1]);
+    let list = [["/n", [1]], ["/n", []]];
+    let two = p.send_osc(list);
+    let list = [["/n", [1]]];
+    let bundle = p.send_osc(list, #{as_bundle: true});
+    p.send_osc("/returned", [one, two, bundle]);
+}
+
+fn errors(p) {
+    error_0(p);
+    error_1(p);
+    error_2(p);
+    error_3(p);
+    error_4(p);
+    error_5(p);
+    error_6(p);
+    error_7(p);
+    error_8(p);
+    error_9(p);
+    p.send_osc("/errors_done", []);
+}
+
+fn error_0(p) { try { p.send_osc([5]); } catch (e) { report(p, e); } }
+fn error_1(p) { let list = [["/a", 5]]; try { p.send_osc(list); } catch (e) { report(p, e); } }
+fn error_2(p) { let list = [[5, []]]; try { p.send_osc(list); } catch (e) { report(p, e); } }
+fn error_3(p) { try { p.send_osc("no-slash", []); } catch (e) { report(p, e); } }
+fn error_4(p) { try { p.send_osc("/x", [1], #{as_bundel: true}); } catch (e) { report(p, e); } }
+fn error_5(p) { try { p.send_osc("/x", [1], #{as_bundle: 1}); } catch (e) { report(p, e); } }
+fn error_6(p) { try { p.send_osc("/x", ["a\x00b"]); } catch (e) { report(p, e); } }
+fn error_7(p) { try { p.send_osc("/x", [#{a: 1}]); } catch (e) { report(p, e); } }
+fn error_8(p) { try { p.send_osc("/x", [Fn("report")]); } catch (e) { report(p, e); } }
+fn error_9(p) { try { p.send_osc("/x", [int32(3_000_000_000)]); } catch (e) { report(p, e); } }
+
+fn report(p, e) {
+    let text = `${e}`;
+    p.send_osc("/error", [text]);
+}
+"#;
+
+/// The list form sends one datagram per message, or one bundle (time tag "immediately") with
+/// `as_bundle: true`; the options apply to every message; `send_osc` returns the bytes sent; bad
+/// lists, addresses, options and values are errors that say what is wrong.
+#[test]
+fn send_osc_list_form_bundles_and_errors() {
+    let dir = ScriptDir::new();
+    dir.write("forms.rhai", FORMS_RHAI);
+    let lights = Receiver::new();
+    let routes = script_route("forms", "/form", &dir.name("forms.rhai"), None);
+    let pb = start(&dir, &lights, "", &routes);
+    let client = Client::new(pb.addr("desk"));
+    let m = |a: &str, args: &[OscArg]| osc::message(a, args);
+    let immediately = |elements: &[Vec<u8>]| osc::bundle(TimeTag::IMMEDIATELY, elements);
+
+    client.send("/form", &[s("list")]);
+    let a = m("/a", &[OscArg::Int(1)]);
+    let b = m("/b", &[s("x"), OscArg::Float(2.5)]);
+    client.rx.expect_bytes(&a, "list: /a");
+    client.rx.expect_bytes(&b, "list: /b");
+    client
+        .rx
+        .expect_bytes(&m("/c", &[]), "list: /c without values");
+
+    client.send("/form", &[s("list_bundle")]);
+    let bundle = immediately(&[a.clone(), m("/b", &[OscArg::True])]);
+    client.rx.expect_bytes(&bundle, "list with as_bundle: true");
+
+    client.send("/form", &[s("list_wide")]);
+    let wide = m("/a", &[OscArg::Long(1), OscArg::Double(1.5)]);
+    client
+        .rx
+        .expect_bytes(&wide, "list with use_64bit_precision");
+
+    client.send("/form", &[s("list_standard")]);
+    let standard = m("/a", &[OscArg::Int(1), OscArg::Int(0)]);
+    client
+        .rx
+        .expect_bytes(&standard, "list without non-standard types: /a");
+    client
+        .rx
+        .expect_bytes(&m("/b", &[s("c")]), "list without non-standard types: /b");
+
+    client.send("/form", &[s("one_bundle")]);
+    let one = immediately(&[m("/one", &[OscArg::Int(1)])]);
+    client
+        .rx
+        .expect_bytes(&one, "one message with as_bundle: true");
+
+    client.send("/form", &[s("one_bundle_wide")]);
+    let one = immediately(&[m("/one", &[OscArg::Long(1)])]);
+    client
+        .rx
+        .expect_bytes(&one, "as_bundle with use_64bit_precision");
+
+    client.send("/form", &[s("returns")]);
+    let n1 = m("/n", &[OscArg::Int(1)]);
+    let n0 = m("/n", &[]);
+    for (expected, what) in [(&n1, "one"), (&n1, "list 1"), (&n0, "list 2")] {
+        client.rx.expect_bytes(expected, what);
+    }
+    let bundled = immediately(std::slice::from_ref(&n1));
+    client.rx.expect_bytes(&bundled, "bundle");
+    let lengths = [n1.len(), n1.len() + n0.len(), bundled.len()].map(|n| OscArg::Int(n as i32));
+    client
+        .rx
+        .expect_bytes(&m("/returned", &lengths), "send_osc returns the bytes sent");
+
+    client.send("/form", &[s("errors")]);
+    let got = client.until("the error cases", |b| address_is(b, "/errors_done"));
+    let errors: Vec<String> = got[..got.len() - 1]
+        .iter()
+        .map(|b| {
+            let e = message_of(b);
+            assert_eq!(e.address, "/error", "an error case sent something: {e:?}");
+            str_arg(&e, 0).to_string()
+        })
+        .collect();
+    let wanted = [
+        "message 1 must be [address, [values]], found i64",
+        "the values must be an array",
+        "must start with its address string",
+        "OSC address `no-slash` must start with `/`",
+        "unknown send_osc option `as_bundel`",
+        "send_osc option `as_bundle` has type `int`; it must be true or false",
+        "string has a NUL byte at byte 1",
+        "map #{a} is not an OSC value",
+        "cannot send a value of type",
+        "int32(3000000000) is out of range",
+    ];
+    assert_eq!(
+        errors.len(),
+        wanted.len(),
+        "one error per case: {errors:#?}"
+    );
+    for (got, want) in errors.iter().zip(wanted) {
+        assert!(got.contains(want), "error {got:?} does not say {want:?}");
+    }
+}
+
+/// `peer.send_osc` with a large int without non-standard types, and with 64-bit precision without
+/// non-standard types, are runtime errors logged as FILE:LINE:COLUMN with the reason; nothing is
+/// sent, the error is counted, and the script keeps answering.
+#[test]
+fn send_osc_error_rows_are_logged_with_position_and_the_script_keeps_working() {
+    let dir = ScriptDir::new();
+    let big = "fn on_message(msg) {\n    msg.peer.send_osc(\"/big\", [5_000_000_000], #{use_non_standard_types: false});\n}\n";
+    let wide = "fn on_message(msg) {\n    msg.peer.send_osc(\"/wide\", [5], #{use_non_standard_types: false, use_64bit_precision: true});\n}\n";
+    dir.write("big.rhai", &format!("{big}{PING_FN}"));
+    dir.write("wide.rhai", &format!("{wide}{PING_FN}"));
+    let lights = Receiver::new();
+    // Two clients, one per script: each pings its own script.
+    let routes = script_route("big", "/big", &dir.name("big.rhai"), None)
+        + &script_route("wide", "/wide", &dir.name("wide.rhai"), None)
+        + &script_route("ping", "/ping", &dir.name("big.rhai"), Some("ping"));
+    let pb = start(&dir, &lights, "", &routes);
+    let client = Client::new(pb.addr("desk"));
+
+    for (file, text, address, reason) in [
+        ("big.rhai", big, "/big", NO_FIT_32),
+        ("wide.rhai", wide, "/wide", NEEDS_NON_STANDARD),
+    ] {
+        client.send(address, &[]);
+        let (line, column) = rhai_position(text, "send_osc");
+        let at = format!("{}:{line}:{column}: `on_message` failed", dir.name(file));
+        let stderr = pb.wait_stderr(RECV_TIMEOUT, |t| t.contains(&at));
+        let logged = lines_with(&stderr, &at).join("\n");
+        assert!(
+            logged.contains(reason),
+            "the log line does not say why: {logged}"
+        );
+        assert!(logged.contains("ERROR"), "logged as an error: {logged}");
+    }
+    // Nothing was sent for either, and the scripts keep running.
+    client.send("/big", &[]);
+    assert_eq!(
+        client.before_pong(1),
+        Vec::<Vec<u8>>::new(),
+        "the failed sends sent nothing"
+    );
+    assert_eq!(client.before_pong(2), Vec::<Vec<u8>>::new());
+    let m = wait_metrics(metrics_addr(&pb), "runtime errors", |m| {
+        script_metric(m, ERRORS, &dir.name("big.rhai"), &[("kind", "runtime")]) == Some(2.0)
+            && script_metric(m, ERRORS, &dir.name("wide.rhai"), &[("kind", "runtime")]) == Some(1.0)
+    });
+    assert_eq!(
+        script_metric(&m, ERRORS, &dir.name("big.rhai"), &[("kind", "limit")]),
+        Some(0.0)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// send, send_bundle, raw sends
+
+const SEND_RHAI: &str = r#"
+fn on_message(msg) {
+    let a = send("lights", "/s/args", [1, "two", 3.5, int64(4)]);
+    let b = send("lights", "/s/none");
+    let now = [["/b/now", [1]], ["/b/also", []]];
+    let c = send_bundle("lights", 0, now);
+    let later = [["/b/later", [2]]];
+    let d = send_bundle("lights", 300, later);
+    msg.peer.send_osc("/sent", [a, b, c, d]);
+}
+
+fn unknown(msg) {
+    try { send("nope", "/x", []); } catch (e) { report(msg.peer, e); }
+    try { send("lights", "no-slash", []); } catch (e) { report(msg.peer, e); }
+    try { send("lights", "/x", [5_000_000_000, 1e39]); } catch (e) { report(msg.peer, e); }
+}
+
+fn report(p, e) {
+    let text = `${e}`;
+    p.send_osc("/error", [text]);
+}
+"#;
+
+/// `send(channel, address, [args])` and `send(channel, address)` reach the channel's destination
+/// with the default type rules; `send_bundle` with 0 is a bundle "immediately", with a delay a bundle
+/// time-tagged that far ahead; both return the bytes sent; an unknown channel or a bad address is an
+/// error.
+#[test]
+fn send_and_send_bundle_reach_the_channel() {
+    let dir = ScriptDir::new();
+    dir.write("send.rhai", SEND_RHAI);
+    let lights = Receiver::new();
+    let routes = script_route("send", "/send", &dir.name("send.rhai"), None)
+        + &script_route(
+            "unknown",
+            "/unknown",
+            &dir.name("send.rhai"),
+            Some("unknown"),
+        );
+    let pb = start(&dir, &lights, "", &routes);
+    let client = Client::new(pb.addr("desk"));
+
+    let before = SystemTime::now();
+    client.send("/send", &[]);
+    let args = osc::message(
+        "/s/args",
+        &[
+            OscArg::Int(1),
+            s("two"),
+            OscArg::Float(3.5),
+            OscArg::Long(4),
+        ],
+    );
+    let none = osc::message("/s/none", &[]);
+    let now = osc::bundle(
+        TimeTag::IMMEDIATELY,
+        &[
+            osc::message("/b/now", &[OscArg::Int(1)]),
+            osc::message("/b/also", &[]),
+        ],
+    );
+    let (first, from) = lights.expect("send with args");
+    assert_bytes(&first, &args, "send with args");
+    assert_eq!(
+        Some(from.port()),
+        pb.channel("lights").local.map(|a| a.port()),
+        "sent from the lights channel's socket"
+    );
+    lights.expect_bytes(&none, "send without args");
+    lights.expect_bytes(&now, "send_bundle(_, 0, _)");
+    let (later, _) = lights.expect("send_bundle(_, 300, _)");
+    let after = SystemTime::now();
+    let later_message = osc::message("/b/later", &[OscArg::Int(2)]);
+    assert_eq!(
+        &later[16..],
+        &osc::bundle(TimeTag::IMMEDIATELY, &[later_message.clone()])[16..],
+        "the delayed bundle's contents"
+    );
+    let tag = TimeTag::from_be_bytes(later[8..16].try_into().unwrap());
+    let lo = TimeTag::after(before, Duration::from_millis(299));
+    let hi = TimeTag::after(after, Duration::from_millis(301));
+    assert!(
+        lo.to_unix_nanos() <= tag.to_unix_nanos() && tag.to_unix_nanos() <= hi.to_unix_nanos(),
+        "the time tag is not 300 ms after the send: {tag:?} not in [{lo:?}, {hi:?}]"
+    );
+    let sent = client.expect("/sent").0;
+    let lengths = [args.len(), none.len(), now.len(), later.len()].map(|n| OscArg::Int(n as i32));
+    assert_bytes(
+        &sent,
+        &osc::message("/sent", &lengths),
+        "send and send_bundle return the bytes sent",
+    );
+
+    client.send("/unknown", &[]);
+    let wanted = [
+        "no channel named `nope`",
+        "OSC address `no-slash` must start with `/`",
+        "argument 2: 1e39 does not fit in a 32-bit float",
+    ];
+    for want in wanted {
+        let m = message_of(&client.expect(want).0);
+        assert!(
+            m.address == "/error" && str_arg(&m, 0).contains(want),
+            "expected an error saying {want:?}, got {m:?}"
+        );
+    }
+    // The failed sends sent nothing: the next thing at lights is the next /send's first message.
+    client.send("/send", &[]);
+    lights.expect_bytes(&args, "nothing reached lights from the failed sends");
+}
+
+const RAW_RHAI: &str = r#"
+fn on_message(msg) {
+    let p = msg.peer;
+    let b = blob(2, 0x43);
+    let n1 = p.send_bytes(["AB", 0, 255, b, 'd']);
+    let n2 = p.send(["a", "bc"]);
+    let n3 = p.send(["x", "y"], "");
+    let n4 = p.send(["PWR ON"], "\r\n");
+    let closed = p.close();
+    p.send_osc("/raw", [n1, n2, n3, n4, closed]);
+}
+
+fn errors(msg) {
+    try { msg.peer.send_bytes([256]); } catch (e) { report(msg.peer, e); }
+    try { msg.peer.send_bytes([1.5]); } catch (e) { report(msg.peer, e); }
+    try { msg.peer.send([1]); } catch (e) { report(msg.peer, e); }
+    msg.peer.send_osc("/errors_done", []);
+}
+
+fn report(p, e) {
+    let text = `${e}`;
+    p.send_osc("/error", [text]);
+}
+"#;
+
+/// `peer.send_bytes` sends strings, byte values, blobs and chars raw and concatenated;
+/// `peer.send` appends a NUL to each string by default, the given terminator otherwise, nothing for
+/// `""`; `peer.close()` is false on UDP; each returns what it did; all leave from the receiving socket.
+#[test]
+fn send_bytes_send_and_close_answer_raw() {
+    let dir = ScriptDir::new();
+    dir.write("raw.rhai", RAW_RHAI);
+    let lights = Receiver::new();
+    let routes = script_route("raw", "/raw", &dir.name("raw.rhai"), None)
+        + &script_route(
+            "raw-errors",
+            "/raw/errors",
+            &dir.name("raw.rhai"),
+            Some("errors"),
+        );
+    let pb = start(&dir, &lights, "", &routes);
+    let desk = pb.addr("desk");
+    let client = Client::new(desk);
+
+    client.send("/raw", &[]);
+    let expected: [&[u8]; 4] = [b"AB\x00\xffCCd", b"a\0bc\0", b"xy", b"PWR ON\r\n"];
+    for (i, bytes) in expected.iter().enumerate() {
+        let from = client.rx.expect_bytes(bytes, &format!("raw send {i}"));
+        assert_eq!(from, desk, "raw sends leave from the desk socket");
+    }
+    let lengths = expected.map(|b| OscArg::Int(b.len() as i32));
+    let mut args = lengths.to_vec();
+    args.push(OscArg::False);
+    client.rx.expect_bytes(
+        &osc::message("/raw", &args),
+        "returned lengths and close() == false",
+    );
+
+    client.send("/raw/errors", &[]);
+    let got = client.until("raw errors", |b| address_is(b, "/errors_done"));
+    let texts: Vec<String> = got[..got.len() - 1]
+        .iter()
+        .map(|b| str_arg(&message_of(b), 0).to_string())
+        .collect();
+    let wanted = [
+        "send_bytes item at index 0 is 256, not a byte",
+        "send_bytes item at index 0 has type `float`",
+        "send item at index 0 has type `int`; send takes strings only",
+    ];
+    assert_eq!(texts.len(), wanted.len(), "{texts:#?}");
+    for (got, want) in texts.iter().zip(wanted) {
+        assert!(got.contains(want), "error {got:?} does not say {want:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// state, logs, time
+
+const STATE_RHAI: &str = r#"
+fn on_message(msg) {
+    let key = msg.args[0];
+    switch msg.captures[0] {
+        "set" => set(key, msg.args[1]),
+        "dot" => dot(msg.args[1]),
+        "get" => msg.peer.send_osc("/value", [state[key]]),
+        "dot_get" => msg.peer.send_osc("/value", [state.dotted]),
+        "keys" => keys(msg.peer),
+        "key_types" => key_types(msg.peer),
+        "contains" => msg.peer.send_osc("/contains", [state.contains(key)]),
+        "remove" => msg.peer.send_osc("/removed", [state.remove(key)]),
+        "clear" => state.clear(),
+    }
+}
+
+fn set(key, value) { state[key] = value; }
+fn dot(value) { state.dotted = value; }
+
+fn keys(p) {
+    let k = state.keys();
+    k.sort();
+    p.send_osc("/keys", [k]);
+}
+
+fn key_types(p) {
+    let types = [];
+    for k in state.keys() { types.push(type_of(k)); }
+    p.send_osc("/key_types", types);
+}
+"#;
+
+/// `state[key] = v` and `state.key = v` store, `state[key]`/`state.key` read (unknown keys are
+/// `()`), `keys()`, `contains`, `remove` (returns the value) and `clear` work, across calls.
+#[test]
+fn state_indexer_dot_keys_contains_remove_clear() {
+    let dir = ScriptDir::new();
+    dir.write("state.rhai", STATE_RHAI);
+    let lights = Receiver::new();
+    let routes = script_route("state", "/state/*", &dir.name("state.rhai"), None);
+    let pb = start(&dir, &lights, "", &routes);
+    let client = Client::new(pb.addr("desk"));
+    let call = |op: &str, args: &[OscArg]| client.call_msg(&format!("/state/{op}"), args);
+    let value = |args: Vec<OscArg>| OscMessage::new("/value", args);
+
+    client.send("/state/set", &[s("cue"), OscArg::Int(12)]);
+    client.send("/state/set", &[s("name"), s("house")]);
+    client.send("/state/dot", &[s(""), OscArg::Float(0.5)]);
+    assert_eq!(call("get", &[s("cue")]), value(vec![OscArg::Int(12)]));
+    assert_eq!(call("get", &[s("name")]), value(vec![s("house")]));
+    assert_eq!(call("dot_get", &[s("")]), value(vec![OscArg::Float(0.5)]));
+    assert_eq!(
+        call("get", &[s("dotted")]),
+        value(vec![OscArg::Float(0.5)]),
+        "state.dotted and state[\"dotted\"] are one entry"
+    );
+    assert_eq!(
+        call("get", &[s("missing")]),
+        value(vec![OscArg::Nil]),
+        "unknown key is ()"
+    );
+    assert_eq!(
+        call("contains", &[s("cue")]),
+        OscMessage::new("/contains", vec![OscArg::True])
+    );
+    assert_eq!(
+        call("contains", &[s("nope")]),
+        OscMessage::new("/contains", vec![OscArg::False])
+    );
+    assert_eq!(
+        call("remove", &[s("cue")]),
+        OscMessage::new("/removed", vec![OscArg::Int(12)])
+    );
+    assert_eq!(
+        call("get", &[s("cue")]),
+        value(vec![OscArg::Nil]),
+        "removed"
+    );
+    assert_eq!(
+        call("contains", &[s("cue")]),
+        OscMessage::new("/contains", vec![OscArg::False])
+    );
+    client.send("/state/clear", &[s("")]);
+    assert_eq!(
+        call("get", &[s("name")]),
+        value(vec![OscArg::Nil]),
+        "cleared"
+    );
+    assert_eq!(
+        call("get", &[s("dotted")]),
+        value(vec![OscArg::Nil]),
+        "cleared"
+    );
+
+    // keys(): the keys are Rhai strings (so they sort, compare and send like any string).
+    client.send("/state/set", &[s("b"), OscArg::Int(2)]);
+    client.send("/state/set", &[s("a"), OscArg::Int(1)]);
+    assert_eq!(
+        call("key_types", &[s("")]),
+        OscMessage::new("/key_types", vec![s("string"), s("string")]),
+        "type_of each of state.keys()"
+    );
+    assert_eq!(
+        call("keys", &[s("")]),
+        OscMessage::new("/keys", vec![OscArg::Array(vec![s("a"), s("b")])]),
+        "state.keys(), sorted"
+    );
+}
+
+const LOG_RHAI: &str = r#"
+fn on_message(msg) {
+    log_info("info from the script");
+    log_warn(`warn ${msg.args[0]}`);
+    log_error(int64(5));
+    msg.peer.send_osc("/now", [now_ms()]);
+}
+"#;
+
+/// `log_info/log_warn/log_error` write a line at their level tagged with the script (typed values
+/// print as the call that makes them), and `now_ms()` is the wall clock in ms.
+#[test]
+fn logs_and_now_ms() {
+    let dir = ScriptDir::new();
+    dir.write("log.rhai", LOG_RHAI);
+    let lights = Receiver::new();
+    let routes = script_route("log", "/log", &dir.name("log.rhai"), None);
+    let pb = start(&dir, &lights, "", &routes);
+    let client = Client::new(pb.addr("desk"));
+
+    let before = now_ms();
+    let m = client.call_msg("/log", &[OscArg::Int(42)]);
+    let after = now_ms();
+    assert_eq!(m.address, "/now");
+    let now = int_arg(&m, 0);
+    assert!(
+        (before..=after).contains(&now),
+        "now_ms {now} not in [{before}, {after}]"
+    );
+
+    let tag = format!("script={}", dir.name("log.rhai"));
+    let stderr = pb.wait_stderr(RECV_TIMEOUT, |t| t.contains("int64(5)"));
+    for (level, text) in [
+        ("INFO", "info from the script"),
+        ("WARN", "warn 42"),
+        ("ERROR", "int64(5)"),
+    ] {
+        let lines = lines_with(&stderr, text);
+        assert!(
+            lines.len() == 1 && lines[0].contains(level) && lines[0].contains(&tag),
+            "expected one {level} line with {text:?} and {tag:?}:\n{stderr}"
+        );
+    }
+}
