@@ -1071,3 +1071,188 @@ fn logs_and_now_ms() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Hot reload
+
+/// A counting script: `/vN [count, inits, reloads]`. The top level logs, to show it never runs per
+/// message.
+fn counter_version(version: &str) -> String {
+    format!(
+        r#"log_info("top level ran");
+
+fn init() {{
+    state.inits = (state.inits ?? 0) + 1;
+    state.count = 0;
+}}
+
+fn on_reload() {{
+    state.reloads = (state.reloads ?? 0) + 1;
+}}
+
+fn on_message(msg) {{
+    state.count += 1;
+    let reloads = state.reloads ?? 0;
+    msg.peer.send_osc("/{version}", [state.count, state.inits, reloads]);
+}}
+"#
+    )
+}
+
+/// The answer to one `/count`: (version, count, inits, reloads).
+fn count_once(client: &Client) -> (String, i64, i64, i64) {
+    let m = client.call_msg("/count", &[]);
+    (
+        m.address.trim_start_matches('/').to_string(),
+        int_arg(&m, 0),
+        int_arg(&m, 1),
+        int_arg(&m, 2),
+    )
+}
+
+/// Counts until the answer comes from `version` (bounded); checks the count never skips or restarts.
+fn count_until(client: &Client, version: &str, last: &mut i64) -> (i64, i64) {
+    let deadline = Instant::now() + RELOAD_TIMEOUT;
+    loop {
+        let (got, count, inits, reloads) = count_once(client);
+        assert_eq!(
+            count,
+            *last + 1,
+            "the counter (state) goes on across versions"
+        );
+        *last = count;
+        if got == version {
+            return (inits, reloads);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still answering as {got}, not {version}, {RELOAD_TIMEOUT:?} after the save"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Saving a new version swaps it in: new behaviour, state intact (the counter keeps counting),
+/// `on_reload` called, `init` not called again, the top level never run per message.
+#[test]
+fn reload_applies_the_new_version_and_keeps_state() {
+    let dir = ScriptDir::new();
+    dir.write("count.rhai", &counter_version("v1"));
+    let lights = Receiver::new();
+    let routes = script_route("count", "/count", &dir.name("count.rhai"), None);
+    let pb = start(&dir, &lights, "", &routes);
+    let client = Client::new(pb.addr("desk"));
+
+    let mut last = 0;
+    for _ in 0..3 {
+        let (version, count, inits, reloads) = count_once(&client);
+        assert_eq!(
+            (version.as_str(), count, inits, reloads),
+            ("v1", last + 1, 1, 0)
+        );
+        last = count;
+    }
+    dir.write("count.rhai", &counter_version("v2"));
+    let (inits, reloads) = count_until(&client, "v2", &mut last);
+    assert_eq!((inits, reloads), (1, 1), "init once, on_reload once");
+    let (version, count, ..) = count_once(&client);
+    assert_eq!((version.as_str(), count), ("v2", last + 1));
+
+    let stderr = pb.wait_stderr(RELOAD_TIMEOUT, |t| t.contains(RELOADED));
+    assert_eq!(
+        lines_with(&stderr, RELOADED).len(),
+        1,
+        "one reload:\n{stderr}"
+    );
+    assert!(
+        lines_with(&stderr, "top level ran").len() <= 1,
+        "the top level ran per message:\n{stderr}"
+    );
+}
+
+/// A save with a syntax error is refused with FILE:LINE:COLUMN and counted as a compile error;
+/// the old version keeps running with its state; the fixed save then applies.
+#[test]
+fn typo_keeps_the_old_version_until_a_fixed_save() {
+    let dir = ScriptDir::new();
+    dir.write("count.rhai", &counter_version("v1"));
+    let lights = Receiver::new();
+    let routes = script_route("count", "/count", &dir.name("count.rhai"), None);
+    let pb = start(&dir, &lights, "", &routes);
+    let client = Client::new(pb.addr("desk"));
+    let mut last = 0;
+    count_until(&client, "v1", &mut last);
+
+    let typo = "fn on_message(msg) {\n    let broken = ;\n    msg.peer.send_osc(\"/v2\", []);\n}\n";
+    dir.write("count.rhai", typo);
+    let (line, column) = rhai_position(typo, ";");
+    let at = format!("{}:{line}:{column}", dir.name("count.rhai"));
+    let stderr = pb.wait_stderr(RELOAD_TIMEOUT, |t| t.contains(&at));
+    let logged = lines_with(&stderr, &at).join("\n");
+    assert!(
+        logged.contains("does not compile") && logged.contains("last good version keeps running"),
+        "{logged}"
+    );
+    for _ in 0..3 {
+        let (version, count, _, reloads) = count_once(&client);
+        assert_eq!((version.as_str(), count, reloads), ("v1", last + 1, 0));
+        last = count;
+    }
+    let m = wait_metrics(metrics_addr(&pb), "a compile error", |m| {
+        script_metric(m, ERRORS, &dir.name("count.rhai"), &[("kind", "compile")]) == Some(1.0)
+    });
+    assert_eq!(
+        script_metric(&m, ERRORS, &dir.name("count.rhai"), &[("kind", "runtime")]),
+        Some(0.0)
+    );
+
+    dir.write("count.rhai", &counter_version("v3"));
+    let (inits, reloads) = count_until(&client, "v3", &mut last);
+    assert_eq!((inits, reloads), (1, 1), "the refused save was no reload");
+}
+
+/// Editing a module a script imports (`import "util" as u;` inside the function) reloads the
+/// importing script.
+#[test]
+fn editing_an_imported_module_reloads_the_importer() {
+    let dir = ScriptDir::new();
+    dir.write("util.rhai", "fn label() { \"one\" }\n");
+    dir.write(
+        "main.rhai",
+        "fn on_message(msg) {\n    import \"util\" as u;\n    msg.peer.send_osc(\"/label\", [u::label()]);\n}\n",
+    );
+    let lights = Receiver::new();
+    let routes = script_route("main", "/label", &dir.name("main.rhai"), None);
+    let pb = start(&dir, &lights, "", &routes);
+    let client = Client::new(pb.addr("desk"));
+    let label = |text: &str| OscMessage::new("/label", vec![s(text)]);
+    assert_eq!(client.call_msg("/label", &[]), label("one"));
+
+    dir.write("util.rhai", "fn label() { \"two\" }\n");
+    poll(
+        RELOAD_TIMEOUT,
+        "the importer answers with the edited module",
+        || (client.call_msg("/label", &[]) == label("two")).then_some(()),
+    );
+    pb.wait_stderr(RELOAD_TIMEOUT, |t| t.contains(RELOADED));
+}
+
+/// Scripts beside the config with relative paths (`script: scripts/rel.rhai`, `dir: scripts`, run
+/// as `patchbay run cfg.yaml` from the config's folder, as the README shows) reload on save too.
+#[test]
+fn reload_works_with_relative_script_paths() {
+    let dir = show_dir();
+    save_script(&dir.path().join("scripts/rel.rhai"), &counter_version("v1"));
+    let yaml = format!(
+        "version: 1\nchannels:\n  desk:\n    kind: udp\n    listen: 127.0.0.1:0\nscripts:\n  dir: scripts\nroutes:\n{}",
+        script_route("count", "/count", "scripts/rel.rhai", None)
+    );
+    fs::write(dir.path().join("cfg.yaml"), yaml).unwrap();
+    let show = Show::start(dir.path());
+    let client = Client::new(show.addr("desk"));
+    let mut last = 0;
+    count_until(&client, "v1", &mut last);
+    save_script(&dir.path().join("scripts/rel.rhai"), &counter_version("v2"));
+    let (inits, reloads) = count_until(&client, "v2", &mut last);
+    assert_eq!((inits, reloads), (1, 1));
+}
