@@ -150,7 +150,7 @@ impl<'a> Context<'a> {
     pub fn reply(&mut self, origin: Origin, msg: &OscMessage) -> Result<(), HostError> {
         self.scratch.clear();
         encode_message_into(msg, self.scratch);
-        self.reply_scratch(origin, true)
+        self.reply_with(origin, true, self.scratch)
     }
 
     /// Peer `send_osc`: answers `origin` with a message at `address`.
@@ -165,9 +165,7 @@ impl<'a> Context<'a> {
 
     /// Peer `send_bytes`: answers `origin` with raw bytes, sent as they are.
     pub fn send_bytes(&mut self, origin: Origin, bytes: &[u8]) -> Result<(), HostError> {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(bytes);
-        self.reply_scratch(origin, false)
+        self.reply_with(origin, false, bytes)
     }
 
     /// Peer `send`: answers `origin` with text, each string followed by a NUL, or by `terminator`
@@ -184,10 +182,10 @@ impl<'a> Context<'a> {
             self.scratch.extend_from_slice(s.as_bytes());
             self.scratch.extend_from_slice(terminator);
         }
-        self.reply_scratch(origin, false)
+        self.reply_with(origin, false, self.scratch)
     }
 
-    fn reply_scratch(&mut self, origin: Origin, osc: bool) -> Result<(), HostError> {
+    fn reply_with(&self, origin: Origin, osc: bool, bytes: &[u8]) -> Result<(), HostError> {
         let what = || format!("reply to origin {}", origin.0);
         let f = if osc {
             self.host.reply_osc
@@ -198,14 +196,7 @@ impl<'a> Context<'a> {
             return Err(missing(what()));
         };
         // SAFETY: as in `send_encoded`.
-        let rc = unsafe {
-            f(
-                self.ctx,
-                origin.0,
-                self.scratch.as_ptr(),
-                self.scratch.len(),
-            )
-        };
+        let rc = unsafe { f(self.ctx, origin.0, bytes.as_ptr(), bytes.len()) };
         check(rc, what)
     }
 
