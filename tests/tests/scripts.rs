@@ -1256,3 +1256,436 @@ fn reload_works_with_relative_script_paths() {
     let (inits, reloads) = count_until(&client, "v2", &mut last);
     assert_eq!((inits, reloads), (1, 1));
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Limits
+
+/// `scripts.files.NAME.limits` YAML (under `scripts:`) for one file.
+fn file_limits(file: &str, limits: &str) -> String {
+    format!("  files:\n    {file}:\n      limits: {{ {limits} }}\n")
+}
+
+const LOOP_RHAI: &str = "fn on_message(msg) {\n    loop { }\n}\n\nfn ok(msg) {\n    msg.peer.send_osc(\"/still\", msg.args);\n}\n";
+
+/// An endless loop is stopped by `max_operations` (logged, naming the limit, counted as a limit
+/// error) while another route's plain forwards all arrive, and the looping script's next call runs.
+#[test]
+fn endless_loop_is_stopped_and_other_routes_keep_flowing() {
+    let dir = ScriptDir::new();
+    dir.write("loop.rhai", LOOP_RHAI);
+    let lights = Receiver::new();
+    let routes = script_route("loop-ok", "/loop/ok", &dir.name("loop.rhai"), Some("ok"))
+        + &script_route("loop", "/loop", &dir.name("loop.rhai"), None)
+        + &forward_route("plain", "/plain/*", "lights");
+    let extra = file_limits("loop.rhai", "max_operations: 200000");
+    let pb = start(&dir, &lights, &extra, &routes);
+    let desk = pb.addr("desk");
+    let client = Client::new(desk);
+    let plain = Receiver::new();
+
+    const PLAIN: i32 = 200;
+    for n in 0..PLAIN {
+        if n % 20 == 0 {
+            client.send("/loop", &[]);
+        }
+        plain.send_to(
+            &osc::message(&format!("/plain/{n}"), &[OscArg::Int(n)]),
+            desk,
+        );
+    }
+    let mut seen = vec![false; PLAIN as usize];
+    for i in 0..PLAIN {
+        let (bytes, _) = lights.expect(&format!("plain message {i} of {PLAIN}"));
+        let m = message_of(&bytes);
+        let n = int_arg(&m, 0) as usize;
+        assert!(!seen[n], "/plain/{n} arrived twice");
+        seen[n] = true;
+    }
+    assert!(seen.iter().all(|s| *s), "every plain message arrived");
+
+    let still = client.call_msg("/loop/ok", &[OscArg::Int(7)]);
+    assert_eq!(
+        still,
+        OscMessage::new("/still", vec![OscArg::Int(7)]),
+        "the next call runs"
+    );
+    let stderr = pb.wait_stderr(RECV_TIMEOUT, |t| t.contains("stopped by a limit"));
+    let logged = lines_with(&stderr, "stopped by a limit").join("\n");
+    assert!(
+        logged.contains(&dir.name("loop.rhai")) && logged.to_lowercase().contains("operations"),
+        "the log names the script and the limit (max_operations): {logged}"
+    );
+    let m = wait_metrics(metrics_addr(&pb), "limit errors", |m| {
+        script_metric(m, ERRORS, &dir.name("loop.rhai"), &[("kind", "limit")]) == Some(10.0)
+    });
+    assert_eq!(
+        script_metric(&m, CALLS, &dir.name("loop.rhai"), &[]),
+        Some(11.0)
+    );
+}
+
+/// `timeout_ms` stops a call that runs long in wall-clock time while far below `max_operations`;
+/// the next call runs after it, and the log names the deadline.
+#[test]
+fn timeout_ms_stops_a_long_call() {
+    let dir = ScriptDir::new();
+    let slow = "fn on_message(msg) {\n    let n = 0;\n    loop { n += 1; }\n}\n\nfn ok(msg) {\n    msg.peer.send_osc(\"/still\", []);\n}\n";
+    dir.write("slow.rhai", slow);
+    let lights = Receiver::new();
+    let routes = script_route("slow-ok", "/slow/ok", &dir.name("slow.rhai"), Some("ok"))
+        + &script_route("slow", "/slow", &dir.name("slow.rhai"), None);
+    let extra = file_limits(
+        "slow.rhai",
+        "max_operations: 1000000000000, timeout_ms: 150",
+    );
+    let pb = start(&dir, &lights, &extra, &routes);
+    let client = Client::new(pb.addr("desk"));
+
+    let sent = Instant::now();
+    client.send("/slow", &[]);
+    client.send("/slow/ok", &[]);
+    client.rx.expect_bytes(
+        &osc::message("/still", &[]),
+        "the call after the stopped one",
+    );
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(150),
+        "the looping call cannot have ended before its 150 ms deadline: {waited:?}"
+    );
+    let m = wait_metrics(metrics_addr(&pb), "a limit error", |m| {
+        script_metric(m, ERRORS, &dir.name("slow.rhai"), &[("kind", "limit")]) == Some(1.0)
+    });
+    assert_eq!(
+        script_metric(&m, ERRORS, &dir.name("slow.rhai"), &[("kind", "runtime")]),
+        Some(0.0)
+    );
+    let stderr = pb.wait_stderr(RECV_TIMEOUT, |t| t.contains("stopped by a limit"));
+    let logged = lines_with(&stderr, "stopped by a limit").join("\n");
+    assert!(
+        logged.contains("timeout_ms") || logged.contains("deadline"),
+        "the log says the deadline (timeout_ms) stopped the call: {logged}"
+    );
+}
+
+const DEEP_RHAI: &str = r#"
+fn on_message(msg) {
+    let d = depth(msg.args[0]);
+    msg.peer.send_osc("/depth", [d]);
+}
+
+fn depth(n) {
+    if n == 0 { 0 } else { 1 + depth(n - 1) }
+}
+
+fn forever(msg) {
+    down(0);
+}
+
+fn down(n) {
+    down(n + 1)
+}
+"#;
+
+/// Deep recursion is stopped at `max_call_depth` (a limit error) while recursion within it works,
+/// and the script keeps working.
+#[test]
+fn deep_recursion_is_contained() {
+    let dir = ScriptDir::new();
+    dir.write("deep.rhai", &format!("{DEEP_RHAI}{PING_FN}"));
+    let lights = Receiver::new();
+    let routes = script_route("ping", "/ping", &dir.name("deep.rhai"), Some("ping"))
+        + &script_route(
+            "forever",
+            "/deep/forever",
+            &dir.name("deep.rhai"),
+            Some("forever"),
+        )
+        + &script_route("deep", "/deep", &dir.name("deep.rhai"), None);
+    let extra = file_limits("deep.rhai", "max_call_depth: 16");
+    let pb = start(&dir, &lights, &extra, &routes);
+    let client = Client::new(pb.addr("desk"));
+    let depth = |n: i32| OscMessage::new("/depth", vec![OscArg::Int(n)]);
+
+    assert_eq!(client.call_msg("/deep", &[OscArg::Int(10)]), depth(10));
+    client.send("/deep/forever", &[]);
+    client.send("/deep", &[OscArg::Int(40)]);
+    assert_eq!(
+        client.before_pong(1),
+        Vec::<Vec<u8>>::new(),
+        "both were stopped"
+    );
+    assert_eq!(
+        client.call_msg("/deep", &[OscArg::Int(10)]),
+        depth(10),
+        "and it keeps working"
+    );
+    let m = wait_metrics(metrics_addr(&pb), "limit errors", |m| {
+        script_metric(m, ERRORS, &dir.name("deep.rhai"), &[("kind", "limit")]) == Some(2.0)
+    });
+    assert_eq!(
+        script_metric(&m, ERRORS, &dir.name("deep.rhai"), &[("kind", "runtime")]),
+        Some(0.0)
+    );
+    let stderr = pb.wait_stderr(RECV_TIMEOUT, |t| t.contains("stopped by a limit"));
+    assert!(
+        stderr.contains("Stack overflow"),
+        "the log names the stack (call depth):\n{stderr}"
+    );
+}
+
+const SIZES_RHAI: &str = r#"
+fn on_message(msg) {
+    let s = "";
+    for i in 0..msg.args[0] { s += "x"; }
+    msg.peer.send_osc("/len", [s.len()]);
+}
+
+fn double(msg) {
+    let s = "x";
+    loop { s += s; }
+}
+
+fn grow(msg) {
+    let a = [];
+    loop { a.push(1); }
+}
+"#;
+
+/// A string that keeps doubling is stopped by `max_string_size` (configured and default), an array
+/// that keeps growing by `max_array_size`; strings below the limit work and the script goes on.
+#[test]
+fn huge_strings_and_arrays_are_contained() {
+    let dir = ScriptDir::new();
+    dir.write("sizes.rhai", &format!("{SIZES_RHAI}{PING_FN}"));
+    dir.write("huge.rhai", &format!("{SIZES_RHAI}{PING_FN}"));
+    let lights = Receiver::new();
+    let routes = script_route("ping", "/ping", &dir.name("sizes.rhai"), Some("ping"))
+        + &script_route(
+            "double",
+            "/str/double",
+            &dir.name("sizes.rhai"),
+            Some("double"),
+        )
+        + &script_route("grow", "/str/grow", &dir.name("sizes.rhai"), Some("grow"))
+        + &script_route("str", "/str", &dir.name("sizes.rhai"), None)
+        + &script_route("huge", "/huge", &dir.name("huge.rhai"), Some("double"))
+        + &script_route("huge-len", "/huge/len", &dir.name("huge.rhai"), None);
+    let extra = file_limits("sizes.rhai", "max_string_size: 1000, max_array_size: 100");
+    let pb = start(&dir, &lights, &extra, &routes);
+    let client = Client::new(pb.addr("desk"));
+    let len = |n: i32| OscMessage::new("/len", vec![OscArg::Int(n)]);
+
+    assert_eq!(client.call_msg("/str", &[OscArg::Int(500)]), len(500));
+    client.send("/str/double", &[]);
+    client.send("/str", &[OscArg::Int(2000)]);
+    client.send("/str/grow", &[]);
+    assert_eq!(
+        client.before_pong(1),
+        Vec::<Vec<u8>>::new(),
+        "all three were stopped"
+    );
+    assert_eq!(
+        client.call_msg("/str", &[OscArg::Int(500)]),
+        len(500),
+        "and it keeps working"
+    );
+
+    // The default limit (1 MiB) contains the doubling too.
+    client.send("/huge", &[]);
+    assert_eq!(
+        client.call_msg("/huge/len", &[OscArg::Int(3000)]),
+        len(3000),
+        "the default limit allows more than the configured one, and the script goes on"
+    );
+    let m = wait_metrics(metrics_addr(&pb), "limit errors", |m| {
+        script_metric(m, ERRORS, &dir.name("sizes.rhai"), &[("kind", "limit")]) == Some(3.0)
+            && script_metric(m, ERRORS, &dir.name("huge.rhai"), &[("kind", "limit")]) == Some(1.0)
+    });
+    assert_eq!(
+        script_metric(&m, ERRORS, &dir.name("sizes.rhai"), &[("kind", "runtime")]),
+        Some(0.0)
+    );
+}
+
+const FULL_RHAI: &str = r#"
+fn on_message(msg) {
+    let key = msg.args[0];
+    try { store(key); msg.peer.send_osc("/stored", [key]); } catch (e) { report(msg.peer, e); }
+}
+
+fn store(key) {
+    state[key] = 1;
+}
+
+fn uncaught(msg) {
+    state[msg.args[0]] = 1;
+}
+
+fn report(p, e) {
+    let text = `${e}`;
+    p.send_osc("/error", [text]);
+}
+"#;
+
+/// `max_state_entries` caps the state: a new key beyond it fails (caught, or logged with its
+/// position when uncaught) while existing keys can still be updated.
+#[test]
+fn state_entries_are_capped() {
+    let dir = ScriptDir::new();
+    dir.write("full.rhai", FULL_RHAI);
+    let lights = Receiver::new();
+    let routes = script_route(
+        "uncaught",
+        "/full/uncaught",
+        &dir.name("full.rhai"),
+        Some("uncaught"),
+    ) + &script_route("full", "/full", &dir.name("full.rhai"), None);
+    let extra = file_limits("full.rhai", "max_state_entries: 3");
+    let pb = start(&dir, &lights, &extra, &routes);
+    let client = Client::new(pb.addr("desk"));
+    let stored = |k: &str| OscMessage::new("/stored", vec![s(k)]);
+
+    for key in ["a", "b", "c"] {
+        assert_eq!(client.call_msg("/full", &[s(key)]), stored(key));
+    }
+    let m = client.call_msg("/full", &[s("d")]);
+    assert!(
+        m.address == "/error"
+            && str_arg(&m, 0).contains("the state is full (3 entries, limit max_state_entries)"),
+        "{m:?}"
+    );
+    assert_eq!(
+        client.call_msg("/full", &[s("a")]),
+        stored("a"),
+        "updating a key still works"
+    );
+
+    client.send("/full/uncaught", &[s("e")]);
+    let (line, column) = rhai_position(FULL_RHAI, "state[msg.args[0]]");
+    let at = format!("{}:{line}:", dir.name("full.rhai"));
+    let stderr = pb.wait_stderr(RECV_TIMEOUT, |t| t.contains("the state is full"));
+    let logged = lines_with(&stderr, "the state is full").join("\n");
+    assert!(
+        logged.contains(&at),
+        "the log names {at}{column} (or another column of that line): {logged}"
+    );
+}
+
+/// Every limit error names FILE:LINE:COLUMN of the code that broke the limit (the spec: "a call
+/// that breaks a limit is aborted with an error naming script:line:column").
+#[test]
+fn limit_errors_name_line_and_column() {
+    let dir = ScriptDir::new();
+    let cases = [
+        (
+            "loop.rhai",
+            "fn on_message(msg) {\n    let n = 0;\n    loop { n += 1; }\n}\n",
+            "loop",
+            "max_operations: 100000",
+        ),
+        (
+            "deadline.rhai",
+            "fn on_message(msg) {\n    let n = 0;\n    loop { n += 1; }\n}\n",
+            "loop",
+            "max_operations: 1000000000000, timeout_ms: 100",
+        ),
+        (
+            "deep.rhai",
+            "fn on_message(msg) {\n    down(0);\n}\n\nfn down(n) {\n    down(n + 1)\n}\n",
+            "down(n + 1)",
+            "max_call_depth: 16",
+        ),
+        (
+            "string.rhai",
+            "fn on_message(msg) {\n    let s = \"x\";\n    loop { s += s; }\n}\n",
+            "s += s",
+            "max_string_size: 1000",
+        ),
+    ];
+    let mut routes = String::new();
+    let mut extra = String::from("  files:\n");
+    for (file, text, _, limits) in &cases {
+        dir.write(file, text);
+        let stem = file.trim_end_matches(".rhai");
+        routes += &script_route(stem, &format!("/{stem}"), &dir.name(file), None);
+        extra += &format!("    {file}:\n      limits: {{ {limits} }}\n");
+    }
+    let lights = Receiver::new();
+    let pb = start(&dir, &lights, &extra, &routes);
+    let client = Client::new(pb.addr("desk"));
+    for (file, ..) in &cases {
+        client.send(&format!("/{}", file.trim_end_matches(".rhai")), &[]);
+    }
+    let stderr = pb.wait_stderr(RECV_TIMEOUT, |t| {
+        cases.iter().all(|(file, ..)| {
+            lines_with(t, "stopped by a limit")
+                .iter()
+                .any(|l| l.contains(&format!("script={}", dir.name(file))))
+        })
+    });
+    let mut missing = Vec::new();
+    for (file, text, needle, _) in &cases {
+        let (line, _) = rhai_position(text, needle);
+        let at = format!("{}:{line}:", dir.name(file));
+        let logged: Vec<&str> = lines_with(&stderr, "stopped by a limit")
+            .into_iter()
+            .filter(|l| l.contains(&format!("script={}", dir.name(file))))
+            .collect();
+        if !logged.iter().any(|l| l.contains(&at)) {
+            missing.push(format!("{file}: expected {at}COLUMN in {logged:?}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "limit errors without their position:\n{}",
+        missing.join("\n")
+    );
+}
+
+/// A script slower than its traffic with `queue: 1` drops the excess and counts it in
+/// `patchbay_script_queue_drops_total`; every message is either handled or counted as dropped.
+#[test]
+fn a_full_queue_drops_and_counts() {
+    let dir = ScriptDir::new();
+    let slow = "fn on_message(msg) {\n    let end = now_ms() + 100;\n    while now_ms() < end { }\n    msg.peer.send_osc(\"/done\", msg.args);\n}\n";
+    dir.write("slow.rhai", slow);
+    let lights = Receiver::new();
+    let routes = script_route("slow", "/slow", &dir.name("slow.rhai"), None);
+    let extra = file_limits(
+        "slow.rhai",
+        "queue: 1, max_operations: 1000000000000, timeout_ms: 5000",
+    );
+    let pb = start(&dir, &lights, &extra, &routes);
+    let client = Client::new(pb.addr("desk"));
+    const SENT: usize = 20;
+    for n in 0..SENT {
+        client.send("/slow", &[OscArg::Int(n as i32)]);
+    }
+    let name = dir.name("slow.rhai");
+    let m = wait_metrics(metrics_addr(&pb), "every message handled or dropped", |m| {
+        let calls = script_metric(m, CALLS, &name, &[]).unwrap_or(0.0);
+        let drops = script_metric(m, DROPS, &name, &[]).unwrap_or(0.0);
+        calls + drops >= SENT as f64
+    });
+    let calls = script_metric(&m, CALLS, &name, &[]).unwrap();
+    let drops = script_metric(&m, DROPS, &name, &[]).unwrap();
+    assert_eq!(calls + drops, SENT as f64, "{}", m.text);
+    assert!(
+        drops >= 1.0,
+        "20 messages at once for a 100 ms script with queue 1 must drop some"
+    );
+    // The handled ones answered, in arrival order.
+    let mut last = -1;
+    for _ in 0..calls as usize {
+        let m = message_of(&client.expect("/done").0);
+        let n = int_arg(&m, 0);
+        assert!(n > last, "handled in arrival order: {n} after {last}");
+        last = n;
+    }
+    let stderr = pb.wait_stderr(RECV_TIMEOUT, |t| t.contains("queue is full"));
+    assert!(
+        lines_with(&stderr, "queue is full")[0].contains(&name),
+        "{stderr}"
+    );
+}
