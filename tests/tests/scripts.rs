@@ -1689,3 +1689,251 @@ fn a_full_queue_drops_and_counts() {
         "{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Timers
+
+const TIMERS_RHAI: &str = r#"
+fn on_message(msg) {
+    state.ticks = 0;
+    let once = after(100, "once", ["a"]);
+    let by_pointer = after(120, Fn("once"), ["b"]);
+    state.tick = every(50, "tick");
+    let none = cancel(999999);
+    msg.peer.send_osc("/ids", [once, by_pointer, state.tick, none]);
+}
+
+fn once(x) {
+    send("lights", "/once", [x]);
+}
+
+fn tick() {
+    state.ticks += 1;
+    send("lights", "/tick", [state.ticks]);
+    if state.ticks == 5 { stop(); }
+}
+
+fn stop() {
+    let cancelled = cancel(state.tick);
+    send("lights", "/cancelled", [cancelled]);
+    after(300, "fin");
+}
+
+fn fin() {
+    send("lights", "/fin", []);
+}
+"#;
+
+/// `after` fires once (by name or `Fn`), `every` repeats until `cancel` stops it (`cancel` is true
+/// for a running timer, false for an unknown id); no tick comes after the cancel.
+#[test]
+fn after_every_and_cancel() {
+    let dir = ScriptDir::new();
+    dir.write("timers.rhai", TIMERS_RHAI);
+    let lights = Receiver::new();
+    let routes = script_route("timers", "/timers", &dir.name("timers.rhai"), None);
+    let pb = start(&dir, &lights, "", &routes);
+    let client = Client::new(pb.addr("desk"));
+
+    let sent = Instant::now();
+    let ids = client.call_msg("/timers", &[]);
+    let (a, b, t) = (int_arg(&ids, 0), int_arg(&ids, 1), int_arg(&ids, 2));
+    assert!(a != b && b != t && a != t, "distinct timer ids: {ids:?}");
+    assert_eq!(ids.args[3], OscArg::False, "cancel of an unknown id");
+
+    let mut got = Vec::new();
+    let mut fifth_tick = None;
+    let mut cancelled_at = None;
+    loop {
+        let (bytes, _) = lights.expect("timer sends up to /fin");
+        let m = message_of(&bytes);
+        if m.address == "/once" && str_arg(&m, 0) == "a" {
+            assert!(
+                sent.elapsed() >= Duration::from_millis(100),
+                "after(100) fired early"
+            );
+        }
+        if m.address == "/tick" && int_arg(&m, 0) == 5 {
+            fifth_tick = Some(sent.elapsed());
+        }
+        if m.address == "/cancelled" {
+            cancelled_at = Some(Instant::now());
+        }
+        let fin = m.address == "/fin";
+        got.push(m);
+        if fin {
+            break;
+        }
+    }
+    let fin_after_cancel = cancelled_at.expect("/cancelled before /fin").elapsed();
+    let ticks: Vec<i64> = got
+        .iter()
+        .filter(|m| m.address == "/tick")
+        .map(|m| int_arg(m, 0))
+        .collect();
+    assert_eq!(
+        ticks,
+        vec![1, 2, 3, 4, 5],
+        "every: five ticks, then none after the cancel: {got:?}"
+    );
+    let onces: Vec<&str> = got
+        .iter()
+        .filter(|m| m.address == "/once")
+        .map(|m| str_arg(m, 0))
+        .collect();
+    let mut sorted = onces.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["a", "b"], "each after fired once: {got:?}");
+    let cancelled: Vec<&OscMessage> = got.iter().filter(|m| m.address == "/cancelled").collect();
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(
+        cancelled[0].args,
+        vec![OscArg::True],
+        "cancel of the running timer"
+    );
+    let tick_pos = got.iter().rposition(|m| m.address == "/tick").unwrap();
+    let cancel_pos = got.iter().position(|m| m.address == "/cancelled").unwrap();
+    assert!(tick_pos < cancel_pos, "no tick after the cancel: {got:?}");
+    assert!(
+        fifth_tick.unwrap() >= Duration::from_millis(250),
+        "five 50 ms ticks took at least 250 ms: {fifth_tick:?}"
+    );
+    assert!(fin_after_cancel < RECV_TIMEOUT);
+}
+
+fn ticker_version(version: &str) -> String {
+    format!(
+        r#"fn init() {{
+    state.inits = (state.inits ?? 0) + 1;
+    state.timer = every(100, "tick");
+}}
+
+fn tick() {{
+    send("lights", "/tick/{version}", [state.inits]);
+}}
+
+fn on_message(msg) {{}}
+"#
+    )
+}
+
+/// A timer keeps running across a reload and then calls the new version of its function (by
+/// name); `init` is not run again, so there is still one timer.
+#[test]
+fn timers_run_across_a_reload_and_call_the_new_function() {
+    let dir = ScriptDir::new();
+    dir.write("ticker.rhai", &ticker_version("v1"));
+    let lights = Receiver::new();
+    let routes = script_route("ticker", "/ticker", &dir.name("ticker.rhai"), None);
+    let pb = start(&dir, &lights, "", &routes);
+    let v1 = osc::message("/tick/v1", &[OscArg::Int(1)]);
+    let v2 = osc::message("/tick/v2", &[OscArg::Int(1)]);
+    lights.expect_bytes(&v1, "the v1 timer ticks");
+
+    dir.write("ticker.rhai", &ticker_version("v2"));
+    let before = recv_until(&lights, "the first v2 tick", |b| b == v2.as_slice());
+    assert!(
+        before[..before.len() - 1].iter().all(|b| *b == v1),
+        "only v1 ticks before the first v2 tick: {:?}",
+        before.iter().map(|b| describe(b)).collect::<Vec<_>>()
+    );
+    let started = Instant::now();
+    for i in 0..5 {
+        lights.expect_bytes(&v2, &format!("v2 tick {i} (one timer, new function)"));
+    }
+    // One timer at 100 ms: five ticks take at least 400 ms (two timers would take half as long).
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "ticks came too fast for one 100 ms timer: {:?}",
+        started.elapsed()
+    );
+    pb.wait_stderr(RECV_TIMEOUT, |t| t.contains(RELOADED));
+}
+
+const CAP_RHAI: &str = r#"
+fn on_message(msg) {
+    let results = [];
+    for i in 0..4 { results.push(add()); }
+    msg.peer.send_osc("/cap", results);
+}
+
+fn add() {
+    let r = ();
+    try { r = after(60000, "never"); } catch (e) { r = `${e}`; }
+    r
+}
+
+fn never() {}
+
+fn free(msg) {
+    let cancelled = cancel(msg.args[0]);
+    let again = add();
+    msg.peer.send_osc("/freed", [cancelled, again]);
+}
+"#;
+
+/// `max_timers` caps the timers a script holds: beyond it `after`/`every` fail with a message naming
+/// the limit; cancelling one makes room.
+#[test]
+fn timers_are_capped() {
+    let dir = ScriptDir::new();
+    dir.write("cap.rhai", CAP_RHAI);
+    let lights = Receiver::new();
+    let routes = script_route("free", "/cap/free", &dir.name("cap.rhai"), Some("free"))
+        + &script_route("cap", "/cap", &dir.name("cap.rhai"), None);
+    let extra = file_limits("cap.rhai", "max_timers: 3");
+    let pb = start(&dir, &lights, &extra, &routes);
+    let client = Client::new(pb.addr("desk"));
+
+    let m = client.call_msg("/cap", &[]);
+    assert_eq!(m.args.len(), 4, "{m:?}");
+    let first = int_arg(&m, 0);
+    let _ = (int_arg(&m, 1), int_arg(&m, 2));
+    assert!(
+        str_arg(&m, 3).contains("too many timers (3, limit max_timers)"),
+        "the fourth timer fails: {m:?}"
+    );
+    let freed = client.call_msg("/cap/free", &[OscArg::Long(first)]);
+    assert_eq!(freed.args[0], OscArg::True, "{freed:?}");
+    int_arg(&freed, 1);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Bundles at their time
+
+/// A bundle time-tagged ~400 ms ahead reaches the script at its time: the answer comes not before
+/// ~350 ms and within a generous bound.
+#[test]
+fn future_bundles_reach_scripts_at_their_time() {
+    let dir = ScriptDir::new();
+    dir.write(
+        "at.rhai",
+        "fn on_message(msg) {\n    msg.peer.send_osc(\"/at\", [now_ms()]);\n}\n",
+    );
+    let lights = Receiver::new();
+    let routes = script_route("at", "/at/*", &dir.name("at.rhai"), None);
+    let pb = start(&dir, &lights, "", &routes);
+    let client = Client::new(pb.addr("desk"));
+
+    // A plain message first: the script answers at once.
+    let sent = Instant::now();
+    client.call_msg("/at/now", &[]);
+    let immediate = sent.elapsed();
+
+    let sent_ms = now_ms();
+    let sent = Instant::now();
+    let tag = TimeTag::after(SystemTime::now(), Duration::from_millis(400));
+    client.send_bytes(&osc::bundle(tag, &[osc::message("/at/later", &[])]));
+    let m = message_of(&client.expect("the bundled message's answer").0);
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(350),
+        "answered {waited:?} after a bundle due in 400 ms (a plain message took {immediate:?})"
+    );
+    assert!(waited < RECV_TIMEOUT);
+    let ran_at = int_arg(&m, 0);
+    assert!(
+        ran_at >= sent_ms + 350,
+        "the script ran at {ran_at}, sent at {sent_ms}"
+    );
+}
