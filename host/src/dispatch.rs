@@ -200,6 +200,10 @@ impl Dispatcher {
                     script.deliver(function.clone(), message);
                     continue;
                 }
+                if let Target::Plugin { instance } = target {
+                    instance.deliver(message.raw.to_vec(), *origin);
+                    continue;
+                }
                 let bytes = render(target, message, &self.caps, &mut self.address, &mut self.encoded);
                 send_to(board, destination(target), origin, bytes);
             }
@@ -241,6 +245,11 @@ impl Dispatcher {
                                 let message = script_message(&message, &self.name, &route.name, &self.caps, origin);
                                 let (script, function) = (script.clone(), function.clone());
                                 when_due(&self.scheduler, timing, now.1, move || script.deliver(function, message));
+                                continue;
+                            }
+                            if let Target::Plugin { instance } = target {
+                                let (instance, packet, origin) = (instance.clone(), message.raw.to_vec(), *origin);
+                                when_due(&self.scheduler, timing, now.1, move || instance.deliver(packet, origin));
                                 continue;
                             }
                             let bytes = render(target, &message, &self.caps, &mut self.address, &mut self.encoded);
@@ -312,7 +321,7 @@ fn destination(target: &Target) -> Destination {
     match target {
         Target::Forward { channel, .. } => Destination::Forward(*channel),
         // Scripts are delivered before this is asked; a reply is the safe reading.
-        Target::Reply { .. } | Target::Script { .. } => Destination::Reply,
+        Target::Reply { .. } | Target::Script { .. } | Target::Plugin { .. } => Destination::Reply,
     }
 }
 

@@ -35,6 +35,7 @@ pub mod dispatch;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod plugin;
 pub mod ready;
 pub mod reload;
 pub mod route;

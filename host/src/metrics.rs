@@ -30,6 +30,13 @@ pub const SCRIPT_CALLS: &str = "patchbay_script_calls_total";
 pub const SCRIPT_ERRORS: &str = "patchbay_script_errors_total";
 pub const SCRIPT_QUEUE_DROPS: &str = "patchbay_script_queue_drops_total";
 pub const SCRIPT_CALL_SECONDS: &str = "patchbay_script_call_seconds";
+pub const PLUGIN_CALLS: &str = "patchbay_plugin_calls_total";
+pub const PLUGIN_ERRORS: &str = "patchbay_plugin_errors_total";
+pub const PLUGIN_PANICS: &str = "patchbay_plugin_panics_total";
+pub const PLUGIN_DROPS: &str = "patchbay_plugin_drops_total";
+pub const PLUGIN_CALL_SECONDS: &str = "patchbay_plugin_call_seconds";
+pub const PLUGIN_STUCK: &str = "patchbay_plugin_stuck";
+pub const PLUGIN_COUNTER: &str = "patchbay_plugin_counter_total";
 pub const BUNDLES_SCHEDULED: &str = "patchbay_bundles_scheduled_total";
 pub const BUNDLES_LATE: &str = "patchbay_bundles_late_total";
 pub const BUNDLES_FAR_FUTURE: &str = "patchbay_bundles_far_future_total";
@@ -56,6 +63,13 @@ pub const ALL: &[(&str, &str)] = &[
     (SCRIPT_ERRORS, "script errors by kind: compile, runtime, limit (operations, deadline, sizes, depth)"),
     (SCRIPT_QUEUE_DROPS, "messages dropped because a script's queue was full"),
     (SCRIPT_CALL_SECONDS, "how long script calls take"),
+    (PLUGIN_CALLS, "calls into a plugin instance: messages and timers"),
+    (PLUGIN_ERRORS, "plugin calls that returned an error"),
+    (PLUGIN_PANICS, "plugin calls that panicked (caught; the host keeps serving)"),
+    (PLUGIN_DROPS, "messages not given to a plugin instance: stuck, disabled, unloaded or queue full"),
+    (PLUGIN_CALL_SECONDS, "how long plugin calls take"),
+    (PLUGIN_STUCK, "1 while a plugin instance is stuck in a call past call_timeout_ms"),
+    (PLUGIN_COUNTER, "counters a plugin counts through the host (label counter: the plugin's name for it)"),
     (BUNDLES_SCHEDULED, "messages held until their bundle's time tag (unbundle forwards, scripts, plugins)"),
     (BUNDLES_LATE, "bundles whose time tag had already passed on arrival (dispatched at once)"),
     (BUNDLES_FAR_FUTURE, "bundles whose time tag lay beyond bundles.horizon_ms (dispatched at once or dropped)"),

@@ -14,6 +14,7 @@ use patchbay_plugin_api::osc::pattern::{has_pattern_syntax, Captures};
 use patchbay_plugin_api::osc::Pattern;
 
 use crate::config::{RewritePart, RouteMatch, RoutePlan, TargetPlan};
+use crate::plugin::PluginInstance;
 use crate::script::ScriptHandle;
 
 /// A channel's identity for its whole life in the process (stable across reloads), so routes can name
@@ -37,13 +38,15 @@ pub enum Target {
         script: Arc<ScriptHandle>,
         function: Arc<str>,
     },
+    /// Queued to a plugin instance's thread.
+    Plugin { instance: Arc<PluginInstance> },
 }
 
 impl Target {
     pub fn rewrite(&self) -> Option<&Rewrite> {
         match self {
             Target::Forward { rewrite, .. } | Target::Reply { rewrite } => rewrite.as_ref(),
-            Target::Script { .. } => None,
+            Target::Script { .. } | Target::Plugin { .. } => None,
         }
     }
 }
@@ -130,8 +133,19 @@ impl RouteTable {
     /// As [`RouteTable::build`], with `script` giving the running script for a target's file.
     pub fn build_with(
         plan: &[RoutePlan],
+        channel_id: impl FnMut(&str) -> ChannelId,
+        script: impl FnMut(&Path, &str) -> Option<Arc<ScriptHandle>>,
+    ) -> RouteTable {
+        Self::build_full(plan, channel_id, script, |_, _, _, _| None)
+    }
+
+    /// As [`RouteTable::build_with`], with `plugin(route, target index, plugin name, config JSON)`
+    /// giving the plugin instance for a target.
+    pub fn build_full(
+        plan: &[RoutePlan],
         mut channel_id: impl FnMut(&str) -> ChannelId,
         mut script: impl FnMut(&Path, &str) -> Option<Arc<ScriptHandle>>,
+        mut plugin: impl FnMut(&str, usize, &str, &str) -> Option<Arc<PluginInstance>>,
     ) -> RouteTable {
         let mut table = RouteTable {
             routes: Vec::with_capacity(plan.len()),
@@ -146,7 +160,10 @@ impl RouteTable {
             let targets: Vec<Target> = route
                 .targets
                 .iter()
-                .filter_map(|t| match t {
+                .enumerate()
+                .filter_map(|(target_index, t)| match t {
+                    TargetPlan::Plugin { name, config } => plugin(&route.name, target_index, name, config)
+                        .map(|instance| Target::Plugin { instance }),
                     TargetPlan::Forward { channel, rewrite, unbundle } => Some(Target::Forward {
                         channel: channel_id(channel),
                         rewrite: rewrite.as_ref().map(|r| Rewrite::new(r.parts.clone())),

@@ -27,6 +27,7 @@ use crate::ready::Ready;
 use crate::reload::{ChannelChange, PlanDiff};
 use crate::route::{ChannelId, RouteTable};
 use crate::scheduler::Scheduler;
+use crate::plugin::PluginHost;
 use crate::script::ScriptHost;
 use crate::watch::{self, ReloadTrigger};
 
@@ -103,6 +104,10 @@ pub struct Host {
     last_invalid: Option<String>,
     scripts: Arc<ScriptHost>,
     script_watcher: Option<watch::Watcher>,
+    plugins: Arc<PluginHost>,
+    plugin_watcher: Option<watch::Watcher>,
+    /// Asks the main loop to rebuild the route table (a plugin appeared, changed or went away).
+    rebuild: mpsc::Sender<()>,
 }
 
 /// Runs the host until `shutdown` is cancelled.
@@ -117,7 +122,13 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
     let board: SharedSwitchboard =
         Arc::new(ArcSwap::from_pointee(Switchboard::new(0, RouteTable::build(&[], |_| ChannelId(0)), vec![])));
     let scripts = ScriptHost::new(board.clone(), plan.scripts.clone());
+    let plugins = PluginHost::new(board.clone());
+    plugins.set_plan(plan.plugins.clone());
+    let (rebuild, mut rebuilds) = mpsc::channel::<()>(4);
     let mut host = Host {
+        plugins,
+        plugin_watcher: None,
+        rebuild,
         options: options.clone(),
         generation: 1,
         ids: ChannelIds::default(),
@@ -149,6 +160,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
     }
     host.swap_board();
     host.watch_scripts();
+    host.watch_plugins();
 
     // Ready once every channel has tried its first bind.
     loop {
@@ -217,6 +229,10 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(trigger) = reloads.recv() => host.reload(trigger).await,
+            Some(()) = rebuilds.recv() => {
+                host.swap_board();
+                tracing::info!(plugins = %host.plugins.names().join(", "), "Routes rebuilt for the changed plugins folder.");
+            }
             _ = notified => {
                 // A channel came up (or went down) later: keep the ready file true.
                 if let Err(e) = host.write_ready() {
@@ -228,6 +244,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
     }
     cancel.cancel();
     host.scripts.shutdown();
+    host.plugins.shutdown();
     let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut host.channels).into_values().map(|r| r.task).collect();
     let _ = tokio::time::timeout(Duration::from_secs(5), futures_join(tasks)).await;
     tracing::info!("Patchbay stopped.");
@@ -321,14 +338,33 @@ impl Host {
     fn swap_board(&mut self) {
         let ids = &mut self.ids;
         let scripts = &self.scripts;
-        let table = RouteTable::build_with(
+        let plugins = &self.plugins;
+        let mut used = Vec::new();
+        let table = RouteTable::build_full(
             &self.plan.routes,
             |name| ids.id(name),
             |file, name| Some(scripts.script(file, name)),
+            |route, target, plugin, config| {
+                let instance = plugins.instance(route, target, plugin, config);
+                used.extend(instance.clone());
+                instance
+            },
         );
         let outputs: Vec<(ChannelId, Arc<dyn Output>)> =
             self.channels.values().map(|r| (r.id, r.output.clone() as Arc<dyn Output>)).collect();
         self.board.store(Arc::new(Switchboard::new(self.generation, table, outputs)));
+        // Instances the new table no longer uses get on_unload (messages already queued first).
+        self.plugins.retain_used(&used);
+    }
+
+    /// (Re)starts the watch on the plugins folder.
+    fn watch_plugins(&mut self) {
+        self.plugin_watcher = None;
+        let Some(dir) = self.plugins.dir() else { return };
+        match watch::watch_plugins(&dir, self.plugins.clone(), self.rebuild.clone()) {
+            Ok(watcher) => self.plugin_watcher = Some(watcher),
+            Err(e) => tracing::warn!(folder = %dir.display(), "Cannot watch the plugins folder: {e}. Restart to load new plugins."),
+        }
     }
 
     /// (Re)starts the watch on the script folders (the set can change with a reload).
@@ -521,8 +557,13 @@ impl Host {
         self.generation += 1;
         self.scheduler.set_config(self.plan.bundles.clone());
         self.scripts.set_plan(self.plan.scripts.clone());
+        let plugin_dir = self.plugins.dir();
+        self.plugins.set_plan(self.plan.plugins.clone());
         self.swap_board();
         self.watch_scripts();
+        if self.plugins.dir() != plugin_dir {
+            self.watch_plugins();
+        }
         self.scripts.init_new();
         // Messages routed on the old board may still be sending through these (datagram outputs have
         // no queue of their own): give them a moment before the sockets close.

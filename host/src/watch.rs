@@ -125,3 +125,32 @@ pub fn watch_scripts(
     }
     Ok(debouncer)
 }
+
+/// Watches the plugins folder: a library that appears, is replaced or is removed is (re)loaded or
+/// dropped, and the host is asked to rebuild its route table so routes use the change at once.
+pub fn watch_plugins(
+    folder: &Path,
+    plugins: std::sync::Arc<crate::plugin::PluginHost>,
+    rebuild: mpsc::Sender<()>,
+) -> Result<Watcher, notify_debouncer_full::notify::Error> {
+    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
+        let Ok(events) = result else { return };
+        let mut changed: Vec<PathBuf> = events
+            .iter()
+            .filter(|e| !matches!(e.kind, EventKind::Access(_)))
+            .flat_map(|e| e.paths.iter())
+            .cloned()
+            .collect();
+        changed.sort();
+        changed.dedup();
+        let mut any = false;
+        for file in changed {
+            any |= plugins.load_file(&file);
+        }
+        if any {
+            let _ = rebuild.try_send(());
+        }
+    })?;
+    debouncer.watch(folder, RecursiveMode::NonRecursive)?;
+    Ok(debouncer)
+}

@@ -13,12 +13,13 @@ use super::suggest::{closest, unknown_key_message};
 use super::yaml::{self, join, Node, Value};
 use super::{ConfigError, ConfigErrors};
 use crate::scheduler::BundleConfig;
+use crate::plugin::{PluginsConfig, PluginsPlan};
 use crate::script::{ScriptsConfig, ScriptsPlan};
 
 /// The yaml_path of problems with the document as a whole (syntax errors, an empty file).
 pub(crate) const DOCUMENT: &str = "(document)";
 
-const TOP_KEYS: &[&str] = &["version", "channels", "routes", "metrics", "bundles", "scripts"];
+const TOP_KEYS: &[&str] = &["version", "channels", "routes", "metrics", "bundles", "scripts", "plugins"];
 const ROUTE_KEYS: &[&str] = &[
     "name",
     "match",
@@ -29,8 +30,8 @@ const ROUTE_KEYS: &[&str] = &[
     "incoming_patterns",
 ];
 /// What a target does; a target has exactly one of these.
-const TARGET_ACTIONS: &[&str] = &["forward", "reply", "script"];
-const TARGET_KEYS: &[&str] = &["forward", "reply", "script", "fn", "rewrite", "unbundle"];
+const TARGET_ACTIONS: &[&str] = &["forward", "reply", "script", "plugin"];
+const TARGET_KEYS: &[&str] = &["forward", "reply", "script", "fn", "plugin", "config", "rewrite", "unbundle"];
 const METRICS_KEYS: &[&str] = &["listen"];
 
 /// Collects problems for one file.
@@ -130,6 +131,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
     let mut metrics_node = None;
     let mut bundles_node = None;
     let mut scripts_node = None;
+    let mut plugins_node = None;
     for (key, key_node, value) in entries {
         match key.as_deref() {
             Some("version") => version = Some(value),
@@ -138,6 +140,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
             Some("metrics") => metrics_node = Some(value),
             Some("bundles") => bundles_node = Some(value),
             Some("scripts") => scripts_node = Some(value),
+            Some("plugins") => plugins_node = Some(value),
             Some(other) => errs.at(
                 key_node,
                 &join("", other),
@@ -179,6 +182,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
     let scripts = scripts_node
         .map(|n| build_scripts(n, &base_dir, &mut errs))
         .unwrap_or_else(|| ScriptsPlan::new(&base_dir, ScriptsConfig::default()));
+    let plugins = plugins_node.and_then(|n| build_plugins(n, &base_dir, &mut errs));
     let routes = routes_node
         .map(|n| build_routes(n, &channels, &scripts, &mut errs))
         .unwrap_or_default();
@@ -205,6 +209,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
         metrics,
         bundles,
         scripts,
+        plugins,
     })
 }
 
@@ -805,7 +810,7 @@ fn build_target(
         errs.at(
             node,
             path,
-            "a target needs `forward: CHANNEL`, `reply: true` or `script: FILE`",
+            "a target needs `forward: CHANNEL`, `reply: true`, `script: FILE` or `plugin: NAME`",
         );
         return None;
     }
@@ -814,8 +819,8 @@ fn build_target(
             key,
             &join(path, action),
             format!(
-                "a target has exactly one of `forward`, `reply` or `script`, but this one also has \
-                 `{}`; split it into two targets",
+                "a target has exactly one of `forward`, `reply`, `script` or `plugin`, but this one \
+                 also has `{}`; split it into two targets",
                 actions[0].0
             ),
         );
@@ -900,7 +905,39 @@ fn build_target(
             }
             TargetPlan::Reply { rewrite }
         }
+        "plugin" => {
+            for key in ["rewrite", "unbundle", "fn"] {
+                if let Some((k, _)) = fields.get(key) {
+                    errs.at(k, &join(path, key), format!("`{key}` does not apply to `plugin` targets"));
+                    ok = false;
+                }
+            }
+            let name = expect_text(value, &action_path, "a plugin name such as `scale`", errs)?;
+            let config = match fields.get("config") {
+                None => "{}".to_string(),
+                Some((_, v)) => match deserialize_all::<serde_json::Value>(v) {
+                    Ok(json @ serde_json::Value::Object(_)) => json.to_string(),
+                    Ok(_) => {
+                        errs.at(v, &join(path, "config"), "`config` is a map of the plugin's settings");
+                        ok = false;
+                        "{}".to_string()
+                    }
+                    Err(problems) => {
+                        for p in problems {
+                            errs.de(p, &join(path, "config"), v);
+                        }
+                        ok = false;
+                        "{}".to_string()
+                    }
+                },
+            };
+            TargetPlan::Plugin { name, config }
+        }
         "script" => {
+            if let Some((k, _)) = fields.get("config") {
+                errs.at(k, &join(path, "config"), "`config` applies to `plugin` targets");
+                ok = false;
+            }
             for key in ["rewrite", "unbundle"] {
                 if let Some((k, _)) = fields.get(key) {
                     errs.at(
@@ -973,6 +1010,37 @@ fn build_target(
         _ => return None,
     };
     ok.then_some(target)
+}
+
+// ---------------------------------------------------------------------------------------------
+// plugins
+
+fn build_plugins(node: &Node, base_dir: &std::path::Path, errs: &mut Errors) -> Option<PluginsPlan> {
+    if matches!(node.value, Value::Null) {
+        return None;
+    }
+    match deserialize_all::<PluginsConfig>(node) {
+        Ok(config) => {
+            let dir = base_dir.join(&config.dir);
+            if !dir.is_dir() {
+                errs.at(
+                    node.get("dir").unwrap_or(node),
+                    "plugins.dir",
+                    format!("`{}` is not a folder", dir.display()),
+                );
+                return None;
+            }
+            // Canonical, so the watcher's paths and the loaded files' paths compare equal.
+            let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+            Some(PluginsPlan { dir, config })
+        }
+        Err(problems) => {
+            for p in problems {
+                errs.de(p, "plugins", node);
+            }
+            None
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ use crate::channel::broadcast::BroadcastConfig;
 use crate::channel::multicast::MulticastConfig;
 use crate::channel::udp::UdpConfig;
 use crate::scheduler::BundleConfig;
+use crate::plugin::PluginsPlan;
 use crate::script::ScriptsPlan;
 
 #[derive(Debug, Clone)]
@@ -23,6 +24,7 @@ pub struct Plan {
     /// Time-tag handling for targets that act on messages themselves.
     pub bundles: BundleConfig,
     pub scripts: ScriptsPlan,
+    pub plugins: Option<PluginsPlan>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +80,8 @@ pub enum TargetPlan {
     },
     /// Back to the message's origin, from the socket that received it.
     Reply { rewrite: Option<Rewrite> },
+    /// A plugin instance of its own, created with `config` (JSON).
+    Plugin { name: String, config: String },
     /// A Rhai script's function.
     Script {
         /// Resolved against the config file's folder.

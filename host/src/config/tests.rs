@@ -352,7 +352,7 @@ fn display_is_file_line_column_path_message() {
     assert_eq!(
         errs.to_string(),
         "show.yaml:2:1: chanels: unknown key `chanels`; did you mean `channels`? (known keys: \
-         version, channels, routes, metrics, bundles, scripts)"
+         version, channels, routes, metrics, bundles, scripts, plugins)"
     );
     let two = parse("version: 2\nchanels: {}\n", Path::new("show.yaml")).expect_err("two");
     assert_eq!(two.to_string().lines().count(), 2);
@@ -496,7 +496,7 @@ fn unknown_top_level_keys_with_and_without_a_hint() {
                 "sounds",
                 3,
                 1,
-                "unknown key `sounds` (known keys: version, channels, routes, metrics, bundles, scripts)",
+                "unknown key `sounds` (known keys: version, channels, routes, metrics, bundles, scripts, plugins)",
             ),
             ("Routes", 4, 1, "did you mean `routes`?"),
         ],
@@ -1022,10 +1022,10 @@ fn a_target_has_exactly_one_action() {
 ",
         ),
         &[
-            ("routes[0].to[0].reply", 9, 28, "a target has exactly one of `forward`, `reply` or `script`, but this one also has `forward`"),
-            ("routes[0].to[1]", 10, 9, "a target needs `forward: CHANNEL`, `reply: true` or `script: FILE`"),
-            ("routes[0].to[2]", 11, 9, "a target needs `forward: CHANNEL`, `reply: true` or `script: FILE`"),
-            ("routes[0].to[2].forwad", 11, 11, "unknown key `forwad`; did you mean `forward`? (known keys: forward, reply, script, fn, rewrite, unbundle)"),
+            ("routes[0].to[0].reply", 9, 28, "a target has exactly one of `forward`, `reply`, `script` or `plugin`, but this one also has `forward`"),
+            ("routes[0].to[1]", 10, 9, "a target needs `forward: CHANNEL`, `reply: true`, `script: FILE` or `plugin: NAME`"),
+            ("routes[0].to[2]", 11, 9, "a target needs `forward: CHANNEL`, `reply: true`, `script: FILE` or `plugin: NAME`"),
+            ("routes[0].to[2].forwad", 11, 11, "unknown key `forwad`; did you mean `forward`? (known keys: forward, reply, script, fn, plugin, config, rewrite, unbundle)"),
         ],
     );
 }
