@@ -1937,3 +1937,274 @@ fn future_bundles_reach_scripts_at_their_time() {
         "the script ran at {ran_at}, sent at {sent_ms}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Persistence, check, metrics, nesting
+
+const PERSIST_COUNTER: &str = "fn on_message(msg) {\n    state.count = (state.count ?? 0) + 1;\n    msg.peer.send_osc(\"/count\", [state.count]);\n}\n";
+
+fn count_msg(n: i32) -> OscMessage {
+    OscMessage::new("/count", vec![OscArg::Int(n)])
+}
+
+/// The only file under `.patchbay-state/`, parsed.
+fn state_file(dir: &std::path::Path) -> Option<serde_json::Value> {
+    let entries: Vec<_> = fs::read_dir(dir.join(".patchbay-state"))
+        .ok()?
+        .flatten()
+        .collect();
+    let json: Vec<_> = entries
+        .iter()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert!(
+        json.len() <= 1,
+        "one state file for one persisted script: {entries:?}"
+    );
+    serde_json::from_str(&fs::read_to_string(json.first()?.path()).ok()?).ok()
+}
+
+/// `persist: true` keeps a script's state across a restart (SIGTERM, then a new run on the same
+/// folder), and within about a second of a change even when the process is killed; a script without
+/// it starts empty.
+#[test]
+fn persisted_state_survives_a_restart() {
+    let dir = show_dir();
+    save_script(&dir.path().join("scripts/counter.rhai"), PERSIST_COUNTER);
+    save_script(&dir.path().join("scripts/plain.rhai"), PERSIST_COUNTER);
+    let yaml = format!(
+        "version: 1\nchannels:\n  desk:\n    kind: udp\n    listen: 127.0.0.1:0\nscripts:\n  dir: scripts\n  files:\n    counter.rhai: {{ persist: true }}\nroutes:\n{}{}",
+        script_route("persisted", "/p", "scripts/counter.rhai", None),
+        script_route("plain", "/np", "scripts/plain.rhai", None)
+    );
+    fs::write(dir.path().join("cfg.yaml"), yaml).unwrap();
+
+    let mut show = Show::start(dir.path());
+    let client = Client::new(show.addr("desk"));
+    for n in 1..=3 {
+        assert_eq!(client.call_msg("/p", &[]), count_msg(n));
+    }
+    for n in 1..=2 {
+        assert_eq!(client.call_msg("/np", &[]), count_msg(n));
+    }
+    let status = show.stop();
+    assert!(status.success(), "a clean stop: {status}");
+    assert_eq!(
+        state_file(dir.path()).map(|v| v["count"].clone()),
+        Some(serde_json::json!(3)),
+        "the state file after the stop"
+    );
+    drop(show);
+
+    let mut show = Show::start(dir.path());
+    let client = Client::new(show.addr("desk"));
+    assert_eq!(
+        client.call_msg("/p", &[]),
+        count_msg(4),
+        "the persisted count goes on"
+    );
+    assert_eq!(
+        client.call_msg("/np", &[]),
+        count_msg(1),
+        "a script without persist starts empty"
+    );
+
+    // Saved while running (at most a second later), so even a kill keeps it.
+    poll(RELOAD_TIMEOUT, "the state file shows count 4", || {
+        (state_file(dir.path()).map(|v| v["count"].clone()) == Some(serde_json::json!(4)))
+            .then_some(())
+    });
+    let _ = show.child.kill();
+    let _ = show.child.wait();
+    drop(show);
+    let show = Show::start(dir.path());
+    let client = Client::new(show.addr("desk"));
+    assert_eq!(client.call_msg("/p", &[]), count_msg(5), "survives a kill");
+}
+
+/// `patchbay check` reports a script's syntax error at the script's FILE:LINE:COLUMN with exit 1.
+#[test]
+fn check_reports_a_syntax_error_at_its_position() {
+    let dir = show_dir();
+    let bad = "fn on_message(msg) {\n    let level = msg.args[0];\n    let x = ;\n}\n";
+    save_script(&dir.path().join("scripts/bad.rhai"), bad);
+    let yaml = format!(
+        "version: 1\nchannels:\n  desk:\n    kind: udp\n    listen: 127.0.0.1:0\nscripts:\n  dir: scripts\nroutes:\n{}",
+        script_route("bad", "/bad", "scripts/bad.rhai", None)
+    );
+    fs::write(dir.path().join("cfg.yaml"), yaml).unwrap();
+    let (code, out) = check_in(dir.path());
+    assert_eq!(code, 1, "{out}");
+    let (line, column) = rhai_position(bad, "= ;");
+    let at = format!("scripts/bad.rhai:{line}:{}: ", column + 2);
+    assert!(out.contains(&at), "expected {at:?} in:\n{out}");
+    assert!(out.contains("does not compile"), "{out}");
+}
+
+/// `patchbay check` reports a missing `fn:` function with the functions the script has (each once).
+#[test]
+fn check_reports_a_missing_function_with_the_ones_there_are() {
+    let dir = show_dir();
+    let text =
+        "fn on_message(msg) { }\nfn helper(a) { }\nfn helper(a, b) { }\nfn fader(msg, peer) { }\n";
+    save_script(&dir.path().join("scripts/fns.rhai"), text);
+    let yaml = format!(
+        "version: 1\nchannels:\n  desk:\n    kind: udp\n    listen: 127.0.0.1:0\nscripts:\n  dir: scripts\nroutes:\n{}",
+        script_route("fns", "/fns", "scripts/fns.rhai", Some("nope"))
+    );
+    fs::write(dir.path().join("cfg.yaml"), &yaml).unwrap();
+    let (code, out) = check_in(dir.path());
+    assert_eq!(code, 1, "{out}");
+    let line = lines_with(&out, "nope").join("\n");
+    let (l, c) = patchbay_tests::position(&yaml, "nope", 0);
+    assert!(
+        line.contains(&format!("cfg.yaml:{l}:{c}: routes[0].to[0].fn")),
+        "{out}"
+    );
+    assert!(line.contains("has no function `nope`"), "{out}");
+    let has = line
+        .split("(it has: ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no list in {line}"));
+    let mut names: Vec<&str> = has.split(", ").collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["fader", "helper", "on_message"],
+        "each function once: {line}"
+    );
+}
+
+/// `patchbay check` reports an import of a missing module at the script's FILE:LINE:COLUMN.
+#[test]
+fn check_reports_a_missing_module_at_the_import() {
+    let dir = show_dir();
+    let text = "fn on_message(msg) {\n    import \"nope\" as n;\n    n::fire();\n}\n";
+    save_script(&dir.path().join("scripts/imp.rhai"), text);
+    let yaml = format!(
+        "version: 1\nchannels:\n  desk:\n    kind: udp\n    listen: 127.0.0.1:0\nscripts:\n  dir: scripts\nroutes:\n{}",
+        script_route("imp", "/imp", "scripts/imp.rhai", None)
+    );
+    fs::write(dir.path().join("cfg.yaml"), &yaml).unwrap();
+    let (code, out) = check_in(dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("nope"), "{out}");
+    let (line, _) = rhai_position(text, "import");
+    assert!(
+        out.contains(&format!("scripts/imp.rhai:{line}:")),
+        "expected the import's position scripts/imp.rhai:{line}:COLUMN in:\n{out}"
+    );
+}
+
+/// Show logic nested a few levels deep (a loop, an if, a switch, an if, a call) compiles, passes
+/// `check` and runs: scripts are not refused for ordinary nesting.
+#[test]
+fn nested_show_logic_compiles_and_runs() {
+    let dir = ScriptDir::new();
+    dir.write(
+        "nested.rhai",
+        r#"
+fn on_message(msg) {
+    for cue in msg.args {
+        if cue > 0 {
+            switch cue {
+                1 => {
+                    if state.armed ?? true {
+                        msg.peer.send_osc("/ack", [cue, "one"]);
+                    }
+                }
+                _ => {
+                    log_info(`cue ${cue}`);
+                    msg.peer.send_osc("/ack", [cue]);
+                }
+            }
+        }
+    }
+}
+"#,
+    );
+    let lights = Receiver::new();
+    let routes = script_route("nested", "/nested", &dir.name("nested.rhai"), None);
+    let pb = start(&dir, &lights, "", &routes);
+    let client = Client::new(pb.addr("desk"));
+    client.send("/nested", &[OscArg::Int(1), OscArg::Int(0), OscArg::Int(2)]);
+    client
+        .rx
+        .expect_bytes(&osc::message("/ack", &[OscArg::Int(1), s("one")]), "cue 1");
+    client
+        .rx
+        .expect_bytes(&osc::message("/ack", &[OscArg::Int(2)]), "cue 2");
+}
+
+/// The script metrics count by value: calls (messages, `init`), errors by kind (runtime, limit,
+/// compile), queue drops (none here) and the call-duration summary, labelled with the script's
+/// name as written in the config.
+#[test]
+fn script_metrics_count() {
+    let dir = ScriptDir::new();
+    let text = "fn init() { }\nfn on_message(msg) { msg.peer.send_osc(\"/ok\", []); }\nfn fail(msg) { throw \"boom\"; }\nfn spin(msg) { loop { } }\n";
+    dir.write("m.rhai", text);
+    let lights = Receiver::new();
+    let routes = script_route("fail", "/m/fail", &dir.name("m.rhai"), Some("fail"))
+        + &script_route("spin", "/m/spin", &dir.name("m.rhai"), Some("spin"))
+        + &script_route("ok", "/m", &dir.name("m.rhai"), None);
+    let extra = file_limits("m.rhai", "max_operations: 100000");
+    let pb = start(&dir, &lights, &extra, &routes);
+    let client = Client::new(pb.addr("desk"));
+    let name = dir.name("m.rhai");
+    let ok = osc::message("/ok", &[]);
+    for _ in 0..3 {
+        assert_bytes(&client.call("/m", &[]), &ok, "/m");
+    }
+    client.send("/m/fail", &[]);
+    client.send("/m/spin", &[]);
+    assert_bytes(&client.call("/m", &[]), &ok, "after the errors");
+    dir.write("m.rhai", "fn on_message(msg) { let = 1; }\n");
+    pb.wait_stderr(RELOAD_TIMEOUT, |t| t.contains("does not compile"));
+
+    let addr = metrics_addr(&pb);
+    let m = wait_metrics(addr, "script metrics", |m| {
+        script_metric(m, ERRORS, &name, &[("kind", "compile")]) == Some(1.0)
+            && script_metric(m, CALLS, &name, &[]) == Some(7.0)
+    });
+    let kinds = [("runtime", 1.0), ("limit", 1.0), ("compile", 1.0)];
+    for (kind, want) in kinds {
+        assert_eq!(
+            script_metric(&m, ERRORS, &name, &[("kind", kind)]),
+            Some(want),
+            "errors{{kind={kind}}}\n{}",
+            m.text
+        );
+    }
+    assert_eq!(
+        script_metric(&m, CALLS, &name, &[]),
+        Some(7.0),
+        "init + 6 messages"
+    );
+    assert_eq!(
+        script_metric(&m, DROPS, &name, &[]),
+        Some(0.0),
+        "no drops, but the series is there"
+    );
+    assert_eq!(
+        script_metric(&m, SECONDS_COUNT, &name, &[]),
+        Some(7.0),
+        "one duration per call"
+    );
+    let sum = script_metric(&m, "patchbay_script_call_seconds_sum", &name, &[]).unwrap();
+    assert!(sum > 0.0, "call durations add up to something: {sum}");
+    let quantiles = m
+        .samples
+        .iter()
+        .filter(|s| {
+            s.name == "patchbay_script_call_seconds"
+                && s.labels.iter().any(|(k, v)| k == "script" && *v == name)
+        })
+        .count();
+    assert!(
+        quantiles > 0,
+        "the duration summary has quantiles:\n{}",
+        m.text
+    );
+}
