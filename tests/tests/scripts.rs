@@ -2041,12 +2041,13 @@ fn check_reports_a_syntax_error_at_its_position() {
     assert!(out.contains("does not compile"), "{out}");
 }
 
-/// `patchbay check` reports a missing `fn:` function with the functions the script has (each once).
+/// `patchbay check` reports a missing `fn:` function with the functions the script has (each once:
+/// overloads of one name are one function to the author).
 #[test]
 fn check_reports_a_missing_function_with_the_ones_there_are() {
     let dir = show_dir();
     let text =
-        "fn on_message(msg) { }\nfn helper(a) { }\nfn helper(a, b) { }\nfn fader(msg, peer) { }\n";
+        "fn on_message(msg) { }\nfn helper() { }\nfn helper(a) { }\nfn fader(msg, peer) { }\nfn helper(a, b) { }\nfn go_on(msg) { }\nfn helper(a, b, c) { }\n";
     save_script(&dir.path().join("scripts/fns.rhai"), text);
     let yaml = format!(
         "version: 1\nchannels:\n  desk:\n    kind: udp\n    listen: 127.0.0.1:0\nscripts:\n  dir: scripts\nroutes:\n{}",
@@ -2071,7 +2072,7 @@ fn check_reports_a_missing_function_with_the_ones_there_are() {
     names.sort();
     assert_eq!(
         names,
-        vec!["fader", "helper", "on_message"],
+        vec!["fader", "go_on", "helper", "on_message"],
         "each function once: {line}"
     );
 }
