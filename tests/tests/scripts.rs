@@ -804,7 +804,7 @@ fn send_and_send_bundle_reach_the_channel() {
     let later_message = osc::message("/b/later", &[OscArg::Int(2)]);
     assert_eq!(
         &later[16..],
-        &osc::bundle(TimeTag::IMMEDIATELY, &[later_message.clone()])[16..],
+        &osc::bundle(TimeTag::IMMEDIATELY, std::slice::from_ref(&later_message))[16..],
         "the delayed bundle's contents"
     );
     let tag = TimeTag::from_be_bytes(later[8..16].try_into().unwrap());
