@@ -2209,3 +2209,111 @@ fn script_metrics_count() {
         m.text
     );
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Wrappers, routes coming and going
+
+const WRAPPERS_RHAI: &str = r#"
+fn on_message(msg) {
+    let big = int64(5);
+    let text = `${big} ${symbol("go")} ${nil()}`;
+    let same = symbol("a") == symbol("a");
+    let differ = int64(5) == int32(5);
+    msg.peer.send_osc("/wrappers", [big.tag, big.value, text, same, differ, double(2).tag]);
+    msg.peer.send_osc("/later", [timetag_after(500), timetag_after(-500)]);
+}
+"#;
+
+/// The wrappers' `.tag` and `.value`, `==` (type and value), their printing as the call that makes
+/// them, and `timetag_after(ms)` (a time tag that far from now, either way).
+#[test]
+fn wrappers_tag_value_equality_display_and_timetag_after() {
+    let dir = ScriptDir::new();
+    dir.write("wrappers.rhai", WRAPPERS_RHAI);
+    let lights = Receiver::new();
+    let routes = script_route("wrappers", "/wrappers", &dir.name("wrappers.rhai"), None);
+    let pb = start(&dir, &lights, "", &routes);
+    let client = Client::new(pb.addr("desk"));
+
+    let before = SystemTime::now();
+    let m = client.call_msg("/wrappers", &[]);
+    assert_eq!(
+        m,
+        OscMessage::new(
+            "/wrappers",
+            vec![
+                s("h"),
+                OscArg::Int(5),
+                s("int64(5) symbol(\"go\") nil()"),
+                OscArg::True,
+                OscArg::False,
+                s("d"),
+            ]
+        )
+    );
+    let later = message_of(&client.expect("/later").0);
+    let after = SystemTime::now();
+    let nanos = |t: &OscArg| match t {
+        OscArg::Time(t) => t.to_unix_nanos(),
+        other => panic!("not a time tag: {other:?}"),
+    };
+    let bound = |t: SystemTime, ms: i64| {
+        TimeTag::from_unix_nanos(
+            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128
+                + i128::from(ms) * 1_000_000,
+        )
+        .to_unix_nanos()
+    };
+    let ahead = nanos(&later.args[0]);
+    assert!(
+        bound(before, 499) <= ahead && ahead <= bound(after, 501),
+        "timetag_after(500) is 500 ms after the call"
+    );
+    let behind = nanos(&later.args[1]);
+    assert!(
+        bound(before, -501) <= behind && behind <= bound(after, -499),
+        "timetag_after(-500) is 500 ms before the call"
+    );
+}
+
+/// State is keyed by the script's path: removing the route to a script (a live config edit) and
+/// adding it back finds the script as it was.
+#[test]
+fn removing_a_route_and_adding_it_back_keeps_the_state() {
+    let dir = ScriptDir::new();
+    dir.write("count.rhai", PERSIST_COUNTER);
+    let lights = Receiver::new();
+    let with = config(
+        &dir,
+        lights.addr(),
+        "",
+        &(script_route("count", "/count", &dir.name("count.rhai"), None)
+            + &forward_route("other", "/other", "lights")),
+    );
+    let without = config(
+        &dir,
+        lights.addr(),
+        "",
+        &forward_route("other", "/other", "lights"),
+    );
+    let pb = Patchbay::start(&with);
+    let client = Client::new(pb.addr("desk"));
+    for n in 1..=2 {
+        assert_eq!(client.call_msg("/count", &[]), count_msg(n));
+    }
+    let applied = |n: usize| move |t: &str| lines_with(t, "Applied the edited config").len() >= n;
+    fs::write(pb.dir().join("cfg.yaml"), &without).unwrap();
+    pb.wait_stderr(RELOAD_TIMEOUT, applied(1));
+    // The route is gone: this /count reaches no script (if it did, the count below would be 4).
+    client.send("/count", &[]);
+    client.send("/other", &[]);
+    lights.expect_bytes(&osc::message("/other", &[]), "the remaining route");
+
+    fs::write(pb.dir().join("cfg.yaml"), &with).unwrap();
+    pb.wait_stderr(RELOAD_TIMEOUT, applied(2));
+    assert_eq!(
+        client.call_msg("/count", &[]),
+        count_msg(3),
+        "the state was kept"
+    );
+}
