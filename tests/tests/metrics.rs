@@ -496,8 +496,13 @@ fn every_served_metric_is_in_the_readme() {
         "served but not in README.md's metrics table: {missing:?}\nscrape:\n{}",
         m.text
     );
-    // And the other way: everything the table lists is served from the start (registered at 0).
-    let absent: Vec<&String> = readme.difference(&served).collect();
+    // And the other way: everything the table lists is served from the start (registered at 0),
+    // except the per-script and per-plugin families, which exist once a script or plugin is loaded
+    // (their own tests check them by value).
+    let absent: Vec<&String> = readme
+        .difference(&served)
+        .filter(|name| !name.starts_with("patchbay_script_") && !name.starts_with("patchbay_plugin_"))
+        .collect();
     assert!(
         absent.is_empty(),
         "in the README but not served before any traffic: {absent:?}\nscrape:\n{}",
