@@ -1,9 +1,10 @@
 //! Test plugin `sleepy`: a call that does not return in time. The end-to-end tests use it to check
 //! the host's stuck watchdog (`call_timeout_ms`).
 //!
-//! - `/hang`: does not return for 60 s (long past any test's deadline, yet bounded, so a leftover
-//!   host process still gets to exit), then answers like any other message.
-//! - `/nap i MS`: sleeps `MS` milliseconds (at most 60 s), then answers.
+//! By the last part of the address:
+//! - `.../hang`: does not return for 60 s (long past any test's deadline, yet bounded, so a
+//!   leftover host process still gets to exit), then answers like any other message.
+//! - `.../nap i MS`: sleeps `MS` milliseconds (at most 60 s), then answers.
 //! - anything else: answers at once.
 //!
 //! The answer is `/sleepy/done s ADDRESS`, sent to the channel in config `to`, or to the sender
@@ -45,12 +46,12 @@ impl Plugin for Sleepy {
         origin: Origin,
         ctx: &mut Context<'_>,
     ) -> Result<(), String> {
-        match msg.address.as_str() {
-            "/hang" => sleep_for(MAX_SLEEP),
-            "/nap" => {
+        match msg.address.rsplit('/').next() {
+            Some("hang") => sleep_for(MAX_SLEEP),
+            Some("nap") => {
                 let ms = match msg.args.first() {
                     Some(OscArg::Int(ms)) => u64::try_from(*ms).unwrap_or(0),
-                    _ => return Err("/nap needs an int of milliseconds".into()),
+                    _ => return Err("nap needs an int of milliseconds".into()),
                 };
                 sleep_for(Duration::from_millis(ms));
             }
