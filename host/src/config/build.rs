@@ -175,10 +175,12 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
         .map(|n| build_channels(n, &mut errs))
         .unwrap_or_default();
     check_port_clashes(&channels, &mut errs);
+    // Absolute, so script paths compare equal to the (absolute) paths the file watcher reports.
     let base_dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
+    let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
     let scripts = scripts_node
         .map(|n| build_scripts(n, &base_dir, &mut errs))
         .unwrap_or_else(|| ScriptsPlan::new(&base_dir, ScriptsConfig::default()));
@@ -990,6 +992,7 @@ fn build_target(
                         }
                         None => {
                             let mut known: Vec<String> = ast.iter_functions().map(|f| f.name.to_string()).collect();
+                            known.sort();
                             known.dedup();
                             errs.at(
                                 fields.get("fn").map(|(_, v)| *v).unwrap_or(value),

@@ -43,20 +43,38 @@ pub fn compile_file(path: &Path, module_dir: Option<&Path>) -> Result<(AST, Vec<
         message: format!("cannot read the script: {e}"),
     })?;
     let mut engine = Engine::new();
+    set_depths(&mut engine);
     values::register(&mut engine);
     let dir = module_dir.map(Path::to_path_buf).or_else(|| path.parent().map(Path::to_path_buf)).unwrap_or_default();
     engine.set_module_resolver(FileModuleResolver::new_with_path(&dir));
     let mut ast = engine.compile_into_self_contained(&Scope::new(), &text).map_err(|e| {
         let (message, position) = innermost(&e);
-        CompileError {
-            file: file.clone(),
-            line: position.line().unwrap_or(0),
-            column: position.position().unwrap_or(0),
-            message,
+        let (mut line, mut column) = (position.line().unwrap_or(0), position.position().unwrap_or(0));
+        // Rhai resolves imports without a position: point at the `import` itself.
+        if let (0, EvalAltResult::ErrorModuleNotFound(module, _)) = (line, &*e) {
+            if let Some((l, c)) = locate(&text, &format!("\"{module}\"")) {
+                (line, column) = (l, c);
+            }
         }
+        CompileError { file: file.clone(), line, column, message }
     })?;
     ast.set_source(file);
     Ok((ast, imports_of(&text, &dir, 0)))
+}
+
+/// Nesting allowed in a script's expressions, the same in debug and release builds (Rhai's defaults
+/// differ), so `check` and `run` accept the same scripts. Deep enough for show logic; recursion is
+/// bounded separately by `max_call_depth`.
+fn set_depths(engine: &mut Engine) {
+    engine.set_max_expr_depths(256, 128);
+}
+
+/// Where `needle` first appears in `text`, as 1-based line and column.
+pub fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
+    let at = text.find(needle)?;
+    let line = text[..at].matches('\n').count() + 1;
+    let column = at - text[..at].rfind('\n').map(|n| n + 1).unwrap_or(0) + 1;
+    Some((line, column))
 }
 
 /// Files a script imports, found by their `import "name"` statements (recursively), so a save of
@@ -96,6 +114,8 @@ pub fn innermost(error: &EvalAltResult) -> (String, Position) {
             (format!("{message} (in `{name}`)"), position)
         }
         EvalAltResult::ErrorInModule(_, inner, _) => innermost(inner),
+        // The deadline's own words (the token on_progress returned), not Rhai's "terminated".
+        EvalAltResult::ErrorTerminated(token, position) => (token.to_string(), *position),
         other => (other.to_string().split(" (line ").next().unwrap_or_default().to_string(), other.position()),
     }
 }
@@ -187,7 +207,7 @@ mod state_api {
 
     #[rhai_fn(pure)]
     pub fn keys(state: &mut State) -> Array {
-        state.map.lock().map(|m| m.keys().map(|k| Dynamic::from(k.clone())).collect()).unwrap_or_default()
+        state.map.lock().map(|m| m.keys().map(|k| Dynamic::from(k.to_string())).collect()).unwrap_or_default()
     }
 
     #[rhai_fn(pure)]
@@ -364,6 +384,7 @@ fn function_name(f: &Dynamic) -> RhaiResult<String> {
 /// Builds the engine for one script, with its limits and API.
 pub fn build(ctx: &ScriptContext) -> Engine {
     let mut engine = Engine::new();
+    set_depths(&mut engine);
     let limits = ctx.limits;
     engine.set_max_operations(limits.max_operations);
     engine.set_max_string_size(limits.max_string_size);

@@ -182,7 +182,7 @@ pub struct ScriptMessage {
     pub type_tags: String,
     pub channel: Arc<str>,
     pub route: Arc<str>,
-    /// Milliseconds since the Unix epoch when the packet arrived (or its bundle came due).
+    /// Milliseconds since the Unix epoch when the packet arrived.
     pub received_ms: i64,
     /// What each wildcard of the route's pattern matched.
     pub captures: Vec<String>,

@@ -55,6 +55,8 @@ struct Worker {
     error_log: RateLimitedLog,
     init_asked: bool,
     init_done: bool,
+    /// The text of the version running, to place errors that come without a position.
+    source: String,
 }
 
 impl Worker {
@@ -83,6 +85,7 @@ impl Worker {
             error_log: RateLimitedLog::new(Duration::from_secs(1)),
             init_asked: false,
             init_done: false,
+            source: String::new(),
         };
         match engine::compile_file(&worker.handle.path, setup.module_dir.as_deref()) {
             Ok((ast, imports)) => {
@@ -101,6 +104,7 @@ impl Worker {
     }
 
     fn install(&mut self, ast: AST) {
+        self.source = std::fs::read_to_string(&self.handle.path).unwrap_or_default();
         self.functions = ast.iter_functions().map(|f| (f.name.to_string(), f.params.len())).collect();
         self.ast = Some(ast);
     }
@@ -226,10 +230,16 @@ impl Worker {
             self.handle.metrics.runtime_errors.increment(1);
         }
         let (message, position) = engine::innermost(error);
-        let at = match (position.line(), position.position()) {
-            (Some(line), Some(column)) => format!("{}:{line}:{column}", self.handle.path.display()),
-            (Some(line), None) => format!("{}:{line}", self.handle.path.display()),
-            _ => self.handle.path.display().to_string(),
+        // Rhai gives limit errors the caller's position, which for our own call is none: then name
+        // where the function that was running is defined.
+        let (line, column) = match (position.line(), position.position()) {
+            (Some(line), column) => (line, column.unwrap_or(1)),
+            _ => engine::locate(&self.source, &format!("fn {function}(")).unwrap_or((0, 0)),
+        };
+        let at = if line > 0 {
+            format!("{}:{line}:{column}", self.handle.path.display())
+        } else {
+            self.handle.path.display().to_string()
         };
         let kind = if limit { "stopped by a limit" } else { "failed" };
         let name = &self.handle.name;
