@@ -1,11 +1,12 @@
 //! The route table: which routes a message reaches, in order. Pure code: no sockets, no clock, no
 //! logging, so it is unit-tested, property-tested and fuzzed without I/O.
 //!
-//! Literal `match:` addresses are found by hash; wildcard patterns are precompiled and tried in route
+//! Literal `match:` addresses are found by hash (Fx: the table's keys come from the config, not
+//! the network, so a fast hash is safe); wildcard patterns are precompiled and tried in route
 //! order behind a cheap literal-prefix check. Results are route indices in file order, so `stop:` and
 //! the order targets fire in are exactly what the YAML says.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -116,7 +117,11 @@ pub struct RouteTable {
     routes: Vec<CompiledRoute>,
     literal: HashMap<Box<str>, Vec<u32>>,
     /// Wildcard routes with the literal text before their first wildcard.
-    patterns: Vec<(u32, Box<str>)>,
+    /// Wildcard routes whose first address part is literal (`/desk/*/level`), by that part: a
+    /// message is only tried against the patterns that can match its first part.
+    patterns_by_part: HashMap<Box<str>, Vec<(u32, Box<str>)>>,
+    /// Wildcard routes whose first part has a wildcard (`/*/level`, `//go`): tried for every message.
+    patterns_any: Vec<(u32, Box<str>)>,
     /// Literal routes that opted in to incoming address patterns.
     incoming: Vec<u32>,
     unmatched: Vec<u32>,
@@ -149,8 +154,9 @@ impl RouteTable {
     ) -> RouteTable {
         let mut table = RouteTable {
             routes: Vec::with_capacity(plan.len()),
-            literal: HashMap::new(),
-            patterns: Vec::new(),
+            literal: HashMap::default(),
+            patterns_by_part: HashMap::default(),
+            patterns_any: Vec::new(),
             incoming: Vec::new(),
             unmatched: Vec::new(),
             unmatched_counter: crate::metrics::unmatched(),
@@ -188,9 +194,15 @@ impl RouteTable {
                             table.incoming.push(index);
                         }
                     } else {
-                        table
-                            .patterns
-                            .push((index, literal_prefix(p.as_str()).into()));
+                        let prefix = literal_prefix(p.as_str());
+                        match prefix.get(1..).and_then(|rest| rest.split_once('/')) {
+                            Some((part, _)) if !part.is_empty() => table
+                                .patterns_by_part
+                                .entry(part.into())
+                                .or_default()
+                                .push((index, prefix.into())),
+                            _ => table.patterns_any.push((index, prefix.into())),
+                        }
                     }
                     Some(p.clone())
                 }
@@ -250,32 +262,38 @@ impl RouteTable {
             &[]
         };
 
-        let (mut li, mut pi, mut ii) = (0, 0, 0);
+        let first_part = address.get(1..).map_or("", |rest| rest.split('/').next().unwrap_or(rest));
+        let by_part: &[(u32, Box<str>)] = self.patterns_by_part.get(first_part).map_or(&[], Vec::as_slice);
+        let any: &[(u32, Box<str>)] = &self.patterns_any;
+
+        // Merge the four sorted candidate lists in route order; plain integers keep the loop tight.
+        const DONE: u32 = u32::MAX;
+        let (mut li, mut bi, mut ai, mut ii) = (0, 0, 0, 0);
         loop {
-            // Smallest next candidate among the three sorted lists.
-            let next_l = literal.get(li).copied();
-            let next_p = self.patterns.get(pi).map(|(i, _)| *i);
-            let next_i = incoming_routes.get(ii).copied();
-            let Some(candidate) = [next_l, next_p, next_i].into_iter().flatten().min() else {
+            let next_l = literal.get(li).copied().unwrap_or(DONE);
+            let next_b = by_part.get(bi).map_or(DONE, |(i, _)| *i);
+            let next_a = any.get(ai).map_or(DONE, |(i, _)| *i);
+            let next_i = incoming_routes.get(ii).copied().unwrap_or(DONE);
+            let candidate = next_l.min(next_b).min(next_a).min(next_i);
+            if candidate == DONE {
                 break;
-            };
-            let matched = if next_l == Some(candidate) {
+            }
+            let matched = if next_l == candidate {
                 li += 1;
                 true
-            } else if next_p == Some(candidate) {
-                let prefix = &self.patterns[pi].1;
-                pi += 1;
+            } else if next_b == candidate || next_a == candidate {
+                let prefix = if next_b == candidate {
+                    bi += 1;
+                    &by_part[bi - 1].1
+                } else {
+                    ai += 1;
+                    &any[ai - 1].1
+                };
                 address.starts_with(&**prefix)
-                    && self.routes[candidate as usize]
-                        .pattern
-                        .as_ref()
-                        .is_some_and(|p| p.is_match(address))
+                    && self.routes[candidate as usize].pattern.as_ref().is_some_and(|p| p.is_match(address))
             } else {
                 ii += 1;
-                let route_address = self.routes[candidate as usize]
-                    .pattern
-                    .as_ref()
-                    .map(Pattern::as_str);
+                let route_address = self.routes[candidate as usize].pattern.as_ref().map(Pattern::as_str);
                 matches!((&incoming, route_address), (Some(p), Some(a)) if p.is_match(a))
             };
             let route = &self.routes[candidate as usize];
@@ -433,5 +451,61 @@ mod tests {
         assert_eq!(literal_prefix("/a//b"), "/a");
         assert_eq!(literal_prefix("/plain"), "/plain");
         assert_eq!(literal_prefix("/x/{a,b}"), "/x/");
+    }
+
+    /// The obvious definition: every route in order, its pattern tried on the address.
+    fn reference(plan: &[RoutePlan], address: &str, from: &str) -> Vec<String> {
+        let accepts = |r: &RoutePlan| r.from.as_ref().is_none_or(|f| f.iter().any(|n| n == from));
+        let mut hits = Vec::new();
+        for route in plan {
+            if let RouteMatch::Pattern(p) = &route.matcher {
+                if p.is_match(address) && accepts(route) {
+                    hits.push(route.name.clone());
+                    if route.stop {
+                        return hits;
+                    }
+                }
+            }
+        }
+        if hits.is_empty() {
+            for route in plan {
+                if matches!(route.matcher, RouteMatch::Unmatched) && accepts(route) {
+                    hits.push(route.name.clone());
+                    if route.stop {
+                        break;
+                    }
+                }
+            }
+        }
+        hits
+    }
+
+    proptest::proptest! {
+        /// The indexed table (literal hash, patterns by first part) finds exactly what trying every
+        /// route in order finds.
+        #[test]
+        fn table_agrees_with_trying_every_route(
+            patterns in proptest::collection::vec(("(/(a|b|[ab]|\\*|\\?|\\{a,b\\}|)){1,3}", 0u8..8), 1..12),
+            addresses in proptest::collection::vec("(/(a|b|ab|)){1,3}", 1..8),
+        ) {
+            let plan: Vec<RoutePlan> = patterns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (pattern, flags))| {
+                    let from: Option<&[&str]> = if flags & 1 == 1 { Some(&["desk"]) } else { None };
+                    let pattern = if flags & 6 == 6 { None } else { Some(pattern.as_str()) };
+                    if let Some(p) = pattern {
+                        Pattern::compile(p).ok()?;
+                    }
+                    Some(route(&format!("r{i}"), pattern, from, flags & 2 == 2 && flags & 4 == 0))
+                })
+                .collect();
+            let table = RouteTable::build(&plan, ids);
+            for address in &addresses {
+                for (from, id) in [("desk", ChannelId(1)), ("other", ChannelId(2))] {
+                    proptest::prop_assert_eq!(names(&table, address, id), reference(&plan, address, from));
+                }
+            }
+        }
     }
 }

@@ -107,6 +107,9 @@ pub struct Pattern {
     captures: usize,
     /// `None` for a literal pattern (no wildcard): matched by string equality.
     program: Option<Program>,
+    /// The pattern is `PREFIX*SUFFIX` (one `*` between literal text, the commonest route shape):
+    /// matched by the affix checks and a scan for `/`, without running the automaton.
+    star_only: bool,
 }
 
 /// Byte ranges in the address matched by each wildcard of the pattern, in pattern order ($1, $2, ...).
@@ -139,10 +142,14 @@ impl Pattern {
             .filter(|t| !matches!(t, Token::Lit(_)))
             .count();
         let program = (captures > 0).then(|| Program::new(&tokens));
+        let star_only = program
+            .as_ref()
+            .is_some_and(|p| pattern.get(p.prefix_len..pattern.len() - p.suffix_len) == Some("*"));
         Ok(Pattern {
             source: pattern.to_string(),
             captures,
             program,
+            star_only,
         })
     }
 
@@ -168,6 +175,10 @@ impl Pattern {
         };
         if !prog.affixes_match(&self.source, address) {
             return false;
+        }
+        if self.star_only {
+            let middle = &address.as_bytes()[prog.prefix_len..address.len() - prog.suffix_len];
+            return !middle.contains(&b'/');
         }
         // Stack buffers sized to the program (zeroing them is part of the cost of a call).
         match prog.insts.len() {
