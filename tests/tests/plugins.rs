@@ -365,7 +365,11 @@ fn c_plugin_echoes_and_its_error_is_logged_and_counted() {
     wait_value(addr, ERRORS, &plugin("c-echo"), 1.0);
     let text = wait_lines(&pb, &[CALL_FAILED, "asked to fail", "c-echo"], 1);
     assert!(
-        line_with(&text, &[CALL_FAILED, "asked to fail"]).contains("route=fail"),
+        has_field(
+            &line_with(&text, &[CALL_FAILED, "asked to fail"]),
+            "route",
+            "fail"
+        ),
         "{text}"
     );
     // Still serving after the error.
@@ -489,7 +493,7 @@ fn replaced_plugin_file_brings_new_behaviour_and_unloads_the_old_instance() {
         text
     };
     assert!(
-        line_with(&text, &[UNLOADED, "variant"]).contains("route=v"),
+        has_field(&line_with(&text, &[UNLOADED, "variant"]), "route", "v"),
         "{text}"
     );
     client.send_to(&int_msg("/v/2", 2), desk);
@@ -813,7 +817,7 @@ fn plugin_that_never_returns_is_marked_stuck_and_other_routes_are_served() {
     let text = wait_lines(&pb, &[STUCK, "plugin=sleepy"], 1);
     let line = line_with(&text, &[STUCK, "plugin=sleepy"]);
     assert!(line.contains("call_timeout_ms = 300"), "{line}");
-    assert!(line.contains("route=zz"), "{line}");
+    assert!(has_field(&line, "route", "zz"), "{line}");
     wait_value(addr, STUCK_GAUGE, &plugin("sleepy"), 1.0);
 
     for n in 1..=3 {
@@ -840,6 +844,9 @@ fn plugin_that_never_returns_is_marked_stuck_and_other_routes_are_served() {
     // Nothing from sleepy comes before the next forwarded message.
     check_flow(&client, desk, &lights, 4);
     assert!(pb.is_running(), "patchbay died:\n{}", pb.stderr_text());
+    // The stuck thread does not keep patchbay from stopping cleanly (the call lasts 60 s).
+    let status = pb.signal_and_wait(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{}", pb.stderr_text());
 }
 
 /// A call that overruns `call_timeout_ms` but then returns: stuck while it runs (its messages
@@ -1064,4 +1071,149 @@ fn messages_beyond_a_full_plugin_queue_are_dropped_and_counted() {
     let m = wait_value(addr, SECONDS_COUNT, &plugin("sleepy"), 4.0);
     assert_eq!(m.get(CALLS, &plugin("sleepy")), Some(4.0), "{}", m.text);
     assert_eq!(m.get(DROPS, &plugin("sleepy")), Some(8.0), "{}", m.text);
+}
+
+/// A route target whose `config:` the plugin refuses (scale without `in_min`) does nothing, with
+/// the plugin's own message and the route in the log; the plugin's other targets and other routes
+/// run.
+#[test]
+fn plugin_config_the_plugin_refuses_leaves_that_target_doing_nothing() {
+    let dir = PluginDir::new();
+    dir.install("libscale.so", &plugin_lib(SCALE));
+    let lights = Receiver::new();
+    let routes = [
+        forward_route("flow", "/flow", "lights"),
+        plugin_route(
+            "bad",
+            "/bad",
+            "scale",
+            "{ in_max: 10, out_min: 0, out_max: 100, to: lights }",
+        ),
+        plugin_route(
+            "sc",
+            "/s",
+            "scale",
+            "{ in_min: 0, in_max: 10, out_min: 0, out_max: 100, to: lights }",
+        ),
+    ]
+    .concat();
+    let pb = Patchbay::start(&config(&dir, lights.addr(), "", &routes));
+    let text = wait_lines(
+        &pb,
+        &["Plugin refused its configuration", "plugin=scale"],
+        1,
+    );
+    let line = line_with(&text, &["Plugin refused its configuration"]);
+    assert!(
+        line.contains("scale config:") && line.contains("in_min"),
+        "{line}"
+    );
+    assert!(has_field(&line, "route", "bad"), "{line}");
+    let desk = pb.addr("desk");
+    let client = Receiver::new();
+    client.send_to(&int_msg("/bad", 5), desk);
+    client.send_to(&int_msg("/s", 5), desk);
+    lights.expect_bytes(
+        &float_msg("/s", 50.0),
+        "the well-configured target (nothing from the refused one before it)",
+    );
+    check_flow(&client, desk, &lights, 1);
+    let m = Metrics::scrape(metrics_addr(&pb));
+    assert_eq!(m.get(CALLS, &plugin("scale")), Some(1.0), "{}", m.text);
+}
+
+/// Removes a folder when dropped (also when the test fails).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The copy a plugin is loaded from must be private: a symlink another local user plants where
+/// the host will put its copy (`$TMPDIR/patchbay-plugins-<pid>/<generation>-<file>`, see
+/// host/src/plugin.rs `copies_dir` and `load`) must not make the host write the library over the
+/// symlink's target (or load a file others can swap).
+#[test]
+fn private_copies_do_not_follow_a_symlink_planted_in_the_temp_dir() {
+    const PRECIOUS: &str = "the show file someone else's symlink points at\n";
+    let dir = PluginDir::new(); // empty: nothing is copied at start
+    let lights = Receiver::new();
+    let routes = plugin_route(
+        "sc",
+        "/s",
+        "scale",
+        "{ in_min: 0, in_max: 10, out_min: 0, out_max: 100, to: lights }",
+    );
+    let pb = Patchbay::start(&config(&dir, lights.addr(), "", &routes));
+    // What another local user can do once the pid is known: a world-writable folder with a
+    // symlink named like the first copy (generation 1) pointing at a file of ours.
+    let copies = std::env::temp_dir().join(format!("patchbay-plugins-{}", pb.pid()));
+    let _cleanup = RemoveOnDrop(copies.clone());
+    std::fs::create_dir_all(&copies).expect("create the copies folder first");
+    set_mode(&copies, 0o777);
+    let victim_dir = tempfile::tempdir().expect("tempdir");
+    let victim = victim_dir.path().join("show.txt");
+    std::fs::write(&victim, PRECIOUS).expect("write the victim file");
+    std::os::unix::fs::symlink(&victim, copies.join("1-libscale.so")).expect("plant the symlink");
+
+    dir.install("libscale.so", &plugin_lib(SCALE));
+    let text = pb.wait_stderr(PLUGIN_TIMEOUT, |t| {
+        count_lines(t, &[REBUILT]) + count_lines(t, &[NOT_LOADED, "libscale.so"]) > 0
+    });
+    let after = std::fs::read(&victim).expect("read the victim file");
+    assert!(
+        after == PRECIOUS.as_bytes(),
+        "the host copied the plugin through a symlink planted in its copies folder {}: the \
+         victim file now holds {} bytes (the library); log:\n{text}",
+        copies.display(),
+        after.len()
+    );
+}
+
+/// A config edit is applied while a plugin call hangs with that instance's queue full: replacing
+/// the instance must not make the host wait for the hanging plugin (its call lasts 60 s, well
+/// past `call_timeout_ms`).
+#[test]
+fn config_edit_is_applied_while_a_plugin_hangs_with_a_full_queue() {
+    let dir = PluginDir::new();
+    dir.install("libsleepy.so", &plugin_lib(SLEEPY));
+    let lights = Receiver::new();
+    let extra = "  queue: 1\n  call_timeout_ms: 10000\n";
+    let show = |sleepy_config: &str| {
+        let routes = [
+            forward_route("flow", "/flow", "lights"),
+            plugin_route("zz", "/z/*", "sleepy", sleepy_config),
+        ]
+        .concat();
+        config(&dir, lights.addr(), extra, &routes)
+    };
+    let pb = Patchbay::start(&show("{ to: lights }"));
+    let desk = pb.addr("desk");
+    let addr = metrics_addr(&pb);
+    let client = Receiver::new();
+    let done = |address: &str| osc::message("/sleepy/done", &[OscArg::String(address.into())]);
+
+    client.send_to(&int_msg("/z/hang", 1), desk);
+    wait_value(addr, CALLS, &plugin("sleepy"), 1.0);
+    client.send_to(&int_msg("/z/queued", 1), desk);
+    client.send_to(&int_msg("/z/over", 1), desk);
+    // The queue (1) is full: the third message was dropped.
+    wait_value(addr, DROPS, &plugin("sleepy"), 1.0);
+
+    save_config(&pb, &show("{ to: lights, edited: true }"));
+    let started = Instant::now();
+    let text = pb.wait_stderr(PLUGIN_TIMEOUT, |t| {
+        count_lines(t, &[APPLIED]) > 0 || started.elapsed() > Duration::from_secs(15)
+    });
+    assert_eq!(
+        count_lines(&text, &[APPLIED]),
+        1,
+        "the edit was not applied within 15 s while the old instance hangs with a full queue \
+         (the host waits to queue its unload?); log:\n{text}"
+    );
+    client.send_to(&int_msg("/z/new", 1), desk);
+    lights.expect_bytes(&done("/z/new"), "the new instance answers");
+    check_flow(&client, desk, &lights, 1);
 }

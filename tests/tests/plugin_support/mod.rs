@@ -394,6 +394,11 @@ pub fn wait_lines(pb: &Patchbay, needles: &[&str], n: usize) -> String {
     pb.wait_stderr(PLUGIN_TIMEOUT, |t| count_lines(t, needles) >= n)
 }
 
+/// Whether a log line has the field `key=value` (tracing quotes some string fields).
+pub fn has_field(line: &str, key: &str, value: &str) -> bool {
+    line.contains(&format!("{key}={value}")) || line.contains(&format!("{key}=\"{value}\""))
+}
+
 /// The first stderr line containing every one of `needles` (which must be there).
 pub fn line_with(text: &str, needles: &[&str]) -> String {
     text.lines()
