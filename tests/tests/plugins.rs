@@ -57,9 +57,7 @@ fn check_flow(client: &Receiver, desk: SocketAddr, lights: &Receiver, n: i32) {
     );
 }
 
-/// `scale` maps its argument by each route's config (ranges, inversion, clamping on and off, the
-/// three curves and an exponent, `arg`, `address`, `as_int`, 64-bit inputs, answering the sender
-/// without `to`), skips a non-number without an error, and counts every call by value.
+/// `scale`: ranges, inversion, clamping, curves, arg/address/as_int, h/d, answering, skips, calls.
 #[test]
 fn scale_maps_ranges_with_clamping_curves_and_its_other_settings() {
     let dir = PluginDir::new();
@@ -255,8 +253,7 @@ fn scale_maps_ranges_with_clamping_curves_and_its_other_settings() {
     );
 }
 
-/// `throttle`: the first message goes at once, the ones held within the interval collapse to the
-/// newest, sent when the interval ends; a message equal to the last one sent is not sent again.
+/// `throttle`: first at once, held ones collapse to the newest trailing send, an unchanged value is not resent.
 #[test]
 fn throttle_sends_first_at_once_then_the_newest_held_one_and_skips_unchanged() {
     const INTERVAL_MS: u64 = 2_000;
@@ -327,9 +324,7 @@ fn throttle_sends_first_at_once_then_the_newest_held_one_and_skips_unchanged() {
     assert_eq!(m.get(PANICS, &plugin("throttle")), Some(0.0), "{}", m.text);
 }
 
-/// The C example, compiled against `patchbay_plugin.h` with the system C compiler, answers every
-/// message with itself and fails on `/fail`; the failure is logged with its message and counted,
-/// and calls, errors, panics, drops, call durations and stuck read by value.
+/// The C example built with `cc` against the header echoes; `/fail` is logged and counted; metrics by value.
 #[test]
 fn c_plugin_echoes_and_its_error_is_logged_and_counted() {
     let dir = PluginDir::new();
@@ -396,8 +391,7 @@ fn c_plugin_echoes_and_its_error_is_logged_and_counted() {
     );
 }
 
-/// A plugin dropped into the folder while messages flow through another route is loaded without a
-/// restart and used by its route at once; the other route loses nothing meanwhile.
+/// A plugin dropped in while another route carries traffic is used at once; that route loses nothing.
 #[test]
 fn plugin_dropped_in_while_traffic_flows_is_used_at_once_and_other_routes_lose_nothing() {
     let dir = PluginDir::new();
@@ -460,8 +454,7 @@ fn plugin_dropped_in_while_traffic_flows_is_used_at_once_and_other_routes_lose_n
     assert_eq!(m.get(CALLS, &plugin("scale")), Some(1.0), "{}", m.text);
 }
 
-/// A plugin file replaced (renamed over) while it is in use: the route gets the new library's
-/// behaviour, the old instance gets `on_unload` and says so.
+/// A plugin file renamed over brings the new behaviour; the old instance gets `on_unload` and is logged unloaded.
 #[test]
 fn replaced_plugin_file_brings_new_behaviour_and_unloads_the_old_instance() {
     let dir = PluginDir::new();
@@ -503,8 +496,7 @@ fn replaced_plugin_file_brings_new_behaviour_and_unloads_the_old_instance() {
     assert_eq!(count_lines(&text, &[NOT_LOADED]), 0, "{text}");
 }
 
-/// A plugin file overwritten in place, as `cp` does (same inode): the host runs private copies,
-/// so it does not crash, and the new library takes over.
+/// A plugin file overwritten in place (as `cp` does) does not crash the host, and the new library takes over.
 #[test]
 fn plugin_file_overwritten_in_place_does_not_crash_the_host() {
     let dir = PluginDir::new();
@@ -549,8 +541,7 @@ fn plugin_file_overwritten_in_place_does_not_crash_the_host() {
     assert!(pb.is_running(), "patchbay died:\n{}", pb.stderr_text());
 }
 
-/// A removed plugin file: its routes do nothing, with a clear log line; other routes keep running;
-/// the plugin dropped back in works again.
+/// A removed plugin file: its route does nothing with a clear log, others run, and dropping it back restores it.
 #[test]
 fn removed_plugin_file_disables_its_routes_with_a_clear_log_and_others_run() {
     let dir = PluginDir::new();
@@ -606,8 +597,7 @@ fn removed_plugin_file_disables_its_routes_with_a_clear_log_and_others_run() {
     check_flow(&client, desk, &lights, 2);
 }
 
-/// A library whose ABI version is 999 is refused after that first call, with a message saying
-/// which versions differ (its entry function, which aborts, is never called); the rest runs.
+/// ABI version 999 is refused (at start and dropped in) saying what differs, before its entry is called.
 #[test]
 fn wrong_abi_version_is_refused_saying_what_differs() {
     const WHAT_DIFFERS: &str = "plugin ABI version 999, this host speaks version 1";
@@ -658,8 +648,7 @@ fn wrong_abi_version_is_refused_saying_what_differs() {
     );
 }
 
-/// A plugin built with `panic = "abort"` is refused at load (its panics cannot be contained), with
-/// a message naming the setting; its route does nothing and the rest runs.
+/// A `panic = "abort"` build is refused at load with a message naming it; its route does nothing, the rest runs.
 #[test]
 fn panic_abort_build_is_refused_at_load() {
     let dir = PluginDir::new();
@@ -692,9 +681,7 @@ fn panic_abort_build_is_refused_at_load() {
     assert_eq!(value_or_zero(&m, CALLS, "panicky"), 0.0, "{}", m.text);
 }
 
-/// A plugin that panics on every message: each panic is caught, logged with the plugin's name and
-/// counted, the host keeps serving other routes, and after `error_budget` (3) the instance is
-/// disabled with a log line; later messages are dropped and counted.
+/// Panics are caught, logged, counted one by one; other routes run; `error_budget: 3` disables on the 4th.
 #[test]
 fn panicking_plugin_is_contained_counted_and_disabled_by_its_error_budget() {
     let dir = PluginDir::new();
@@ -746,8 +733,7 @@ fn panicking_plugin_is_contained_counted_and_disabled_by_its_error_budget() {
     assert!(pb.is_running(), "patchbay died:\n{}", pb.stderr_text());
 }
 
-/// A burst to a panicking plugin: once its error budget is spent it is disabled, and messages
-/// already waiting in its queue are dropped, not handed to it (4 calls for a budget of 3).
+/// A burst to a panicking plugin: once disabled by its budget, messages still queued are not handed to it.
 #[test]
 fn plugin_disabled_by_its_error_budget_gets_no_calls_from_its_queue() {
     const BURST: i32 = 40;
@@ -780,9 +766,7 @@ fn plugin_disabled_by_its_error_budget_gets_no_calls_from_its_queue() {
     check_flow(&client, desk, &lights, 1);
 }
 
-/// A call that never returns marks the plugin stuck after `call_timeout_ms` with a log line and
-/// `patchbay_plugin_stuck` = 1; other routes are served, and messages for it are dropped and
-/// counted.
+/// A call that never returns: marked stuck (log, gauge 1), others served, its messages dropped; clean stop.
 #[test]
 fn plugin_that_never_returns_is_marked_stuck_and_other_routes_are_served() {
     let dir = PluginDir::new();
@@ -849,8 +833,7 @@ fn plugin_that_never_returns_is_marked_stuck_and_other_routes_are_served() {
     assert_eq!(status.code(), Some(0), "{}", pb.stderr_text());
 }
 
-/// A call that overruns `call_timeout_ms` but then returns: stuck while it runs (its messages
-/// dropped), then a log line, `patchbay_plugin_stuck` back to 0 and routing to it resumes.
+/// A call past `call_timeout_ms` that returns: stuck meanwhile (drops), then resumed with a log and gauge 0.
 #[test]
 fn stuck_call_that_returns_resumes_routing() {
     let dir = PluginDir::new();
@@ -882,9 +865,7 @@ fn stuck_call_that_returns_resumes_routing() {
     );
 }
 
-/// Files that are not plugin libraries are refused with a clear log line, at start and when
-/// dropped in: text named `.so`, a real shared library without the plugin functions, random bytes.
-/// Files without a library extension are ignored. The rest runs.
+/// Text, a plain C library and random bytes named `.so` are refused with clear logs (start and live); the rest runs.
 #[test]
 fn files_that_are_not_plugin_libraries_are_refused_and_the_rest_runs() {
     let dir = PluginDir::new();
@@ -939,8 +920,7 @@ fn files_that_are_not_plugin_libraries_are_refused_and_the_rest_runs() {
     assert!(pb.is_running(), "patchbay died:\n{}", pb.stderr_text());
 }
 
-/// A plugins folder other users can write to is refused (loading runs a library's code), at start
-/// and for a file dropped in later, with a log line saying how to fix it; the rest runs.
+/// A plugins folder other users can write to is refused (at start and for later drops) with a fix hint.
 #[test]
 fn world_writable_plugins_folder_is_refused() {
     let dir = PluginDir::new();
@@ -980,8 +960,7 @@ fn world_writable_plugins_folder_is_refused() {
     dir.set_mode(0o755);
 }
 
-/// Each route target has its own instance, kept across config edits that leave it alone and
-/// replaced (the old one unloaded) when its `config:` changes in the running config.
+/// A target's instance survives unrelated config edits and is replaced (old one unloaded) when its `config:` changes.
 #[test]
 fn editing_a_plugin_targets_config_makes_a_new_instance_and_other_edits_keep_it() {
     let dir = PluginDir::new();
@@ -1034,8 +1013,7 @@ fn editing_a_plugin_targets_config_makes_a_new_instance_and_other_edits_keep_it(
     check_flow(&client, desk, &lights, 2);
 }
 
-/// Messages beyond a busy instance's `queue` are dropped and counted by value; the queued ones are
-/// handled, in order, once the call returns.
+/// Messages past a busy instance's `queue` are dropped and counted; the queued ones run in order afterwards.
 #[test]
 fn messages_beyond_a_full_plugin_queue_are_dropped_and_counted() {
     let dir = PluginDir::new();
@@ -1073,9 +1051,7 @@ fn messages_beyond_a_full_plugin_queue_are_dropped_and_counted() {
     assert_eq!(m.get(DROPS, &plugin("sleepy")), Some(8.0), "{}", m.text);
 }
 
-/// A route target whose `config:` the plugin refuses (scale without `in_min`) does nothing, with
-/// the plugin's own message and the route in the log; the plugin's other targets and other routes
-/// run.
+/// A `config:` the plugin refuses leaves that target idle with the plugin's message logged; the rest runs.
 #[test]
 fn plugin_config_the_plugin_refuses_leaves_that_target_doing_nothing() {
     let dir = PluginDir::new();
@@ -1131,10 +1107,7 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// The copy a plugin is loaded from must be private: a symlink another local user plants where
-/// the host will put its copy (`$TMPDIR/patchbay-plugins-<pid>/<generation>-<file>`, see
-/// host/src/plugin.rs `copies_dir` and `load`) must not make the host write the library over the
-/// symlink's target (or load a file others can swap).
+/// A private copy must not follow a symlink planted at its predictable temp path (`copies_dir`).
 #[test]
 fn private_copies_do_not_follow_a_symlink_planted_in_the_temp_dir() {
     const PRECIOUS: &str = "the show file someone else's symlink points at\n";
@@ -1172,9 +1145,7 @@ fn private_copies_do_not_follow_a_symlink_planted_in_the_temp_dir() {
     );
 }
 
-/// A config edit is applied while a plugin call hangs with that instance's queue full: replacing
-/// the instance must not make the host wait for the hanging plugin (its call lasts 60 s, well
-/// past `call_timeout_ms`).
+/// A config edit replacing an instance whose call hangs with a full queue is applied without waiting for it.
 #[test]
 fn config_edit_is_applied_while_a_plugin_hangs_with_a_full_queue() {
     let dir = PluginDir::new();
