@@ -115,19 +115,27 @@ pub fn check_folder(dir: &Path) -> Result<(), PluginError> {
     Ok(())
 }
 
-/// Where private copies go: a folder only this process uses.
-fn copies_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| std::env::temp_dir().join(format!("patchbay-plugins-{}", std::process::id()))).clone()
+/// Where private copies go: a fresh folder only this process can write (created with a random
+/// name, mode 0700), so nobody can plant a file or a symlink where a copy is about to be loaded.
+fn copies_dir() -> std::io::Result<PathBuf> {
+    static DIR: OnceLock<Result<tempfile::TempDir, String>> = OnceLock::new();
+    match DIR.get_or_init(|| tempfile::Builder::new().prefix("patchbay-plugins-").tempdir().map_err(|e| e.to_string())) {
+        Ok(dir) => Ok(dir.path().to_path_buf()),
+        Err(e) => Err(std::io::Error::other(e.clone())),
+    }
 }
 
 /// Loads `file` from a private copy and checks it (ABI version first).
 pub fn load(file: &Path, generation: u64) -> Result<LoadedPlugin, PluginError> {
-    let copies = copies_dir();
-    std::fs::create_dir_all(&copies).map_err(|source| PluginError::Copy { file: file.to_path_buf(), source })?;
+    let copy_error = |source| PluginError::Copy { file: file.to_path_buf(), source };
+    let copies = copies_dir().map_err(copy_error)?;
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let copy = copies.join(format!("{generation}-{name}"));
-    std::fs::copy(file, &copy).map_err(|source| PluginError::Copy { file: file.to_path_buf(), source })?;
+    // create_new: never write through something that is already there.
+    let mut target = std::fs::OpenOptions::new().write(true).create_new(true).open(&copy).map_err(copy_error)?;
+    let mut source = std::fs::File::open(file).map_err(copy_error)?;
+    std::io::copy(&mut source, &mut target).map_err(copy_error)?;
+    drop(target);
     // SAFETY: loading runs the library's constructors; the folder was checked not to be writable by
     // others, which is as far as a host can vouch for code it is asked to run.
     let library = unsafe { libloading::Library::new(&copy) }
@@ -231,10 +239,9 @@ impl PluginInstance {
 
     fn unload(&self) {
         if !self.unloaded.swap(true, Ordering::Relaxed) {
-            // Blocking: the unload must not be lost behind a full queue (unless the thread is stuck).
-            if !self.stuck.load(Ordering::Relaxed) {
-                let _ = self.jobs.send(Job::Unload);
-            }
+            // Never blocks (the caller is the host's main loop, and the instance may hang with a
+            // full queue): the runner also sees the flag and skips what is still queued.
+            let _ = self.jobs.try_send(Job::Unload);
         }
     }
 }
@@ -413,6 +420,7 @@ struct Runner {
     handle: *mut c_void,
     errors: VecDeque<Instant>,
     config: PluginsConfig,
+    failure_log: RateLimitedLog,
 }
 
 // SAFETY: the instance pointer is only used on the runner's own thread, one call at a time.
@@ -424,6 +432,11 @@ impl Runner {
             let next = self.ctx.timers.lock().ok().and_then(|t| t.iter().map(|(due, _)| *due).min());
             let wait = next.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(1));
             match jobs.recv_timeout(wait) {
+                Ok(Job::Message(_, _)) if self.instance.unloaded.load(Ordering::Relaxed) => break,
+                Ok(Job::Message(_, _)) if self.instance.disabled.load(Ordering::Relaxed) => {
+                    // Queued before the instance was disabled: not given to it any more.
+                    self.instance.metrics.drops.increment(1);
+                }
                 Ok(Job::Message(packet, origin)) => {
                     let token = self.ctx.remember(origin);
                     let (vtable, handle) = (self.plugin.vtable, self.handle);
@@ -442,8 +455,11 @@ impl Runner {
                 }
                 Err(_) => Vec::new(),
             };
+            if self.instance.unloaded.load(Ordering::Relaxed) {
+                break;
+            }
             for timer in due {
-                if self.instance.unloaded.load(Ordering::Relaxed) {
+                if self.instance.unloaded.load(Ordering::Relaxed) || self.instance.disabled.load(Ordering::Relaxed) {
                     break;
                 }
                 let (vtable, handle) = (self.plugin.vtable, self.handle);
@@ -478,10 +494,10 @@ impl Runner {
         } else {
             instance.metrics.errors.increment(1);
         }
-        tracing::error!(
-            plugin = %instance.plugin, route = %instance.route,
-            "Plugin call failed: {error}. The host keeps serving."
-        );
+        let (plugin, route) = (&instance.plugin, &instance.route);
+        self.failure_log.log(|suppressed| {
+            tracing::error!(plugin = %plugin, route = %route, suppressed, "Plugin call failed: {error}. The host keeps serving.")
+        });
         let now = Instant::now();
         let window = Duration::from_millis(self.config.error_window_ms);
         self.errors.push_back(now);
@@ -672,7 +688,15 @@ impl PluginHost {
             drop_log: Mutex::new(RateLimitedLog::new(Duration::from_secs(1))),
         });
         let runner =
-            Runner { instance: instance.clone(), plugin, ctx, handle, errors: VecDeque::new(), config: plan.config };
+            Runner {
+                instance: instance.clone(),
+                plugin,
+                ctx,
+                handle,
+                errors: VecDeque::new(),
+                config: plan.config,
+                failure_log: RateLimitedLog::new(Duration::from_secs(1)),
+            };
         let spawned = std::thread::Builder::new()
             .name(format!("plugin {name}"))
             .spawn(move || runner.run(inbox));
@@ -699,9 +723,15 @@ impl PluginHost {
         });
     }
 
-    /// Unloads every instance (patchbay is stopping).
+    /// Unloads every instance and removes the private copies (patchbay is stopping; the loaded
+    /// code stays mapped until the process exits, so removing the files is safe).
     pub fn shutdown(&self) {
         self.retain_used(&[]);
+        if self.plan.lock().map(|p| p.is_some()).unwrap_or(false) {
+            if let Ok(dir) = copies_dir() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
     }
 
     /// Marks instances stuck when a call overruns `call_timeout_ms` (checked every 50 ms).
