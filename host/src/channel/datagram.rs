@@ -86,6 +86,8 @@ pub struct DatagramOutput {
     destination: ArcSwapOption<SocketAddr>,
     /// `format: raw`, read on every send.
     raw: AtomicBool,
+    /// `max_datagram`, read before every receive to size the buffer.
+    max_datagram: AtomicUsize,
     /// What the receive loop reads per datagram; swapped whole on a live reload.
     settings: ArcSwap<DatagramSettings>,
     metrics: ChannelMetrics,
@@ -107,6 +109,7 @@ impl DatagramOutput {
             socket: ArcSwapOption::empty(),
             destination: ArcSwapOption::new(destination.map(Arc::new)),
             raw: AtomicBool::new(settings.format == Format::Raw),
+            max_datagram: AtomicUsize::new(settings.max_datagram),
             settings: ArcSwap::from_pointee(settings),
             metrics,
             own,
@@ -153,6 +156,7 @@ impl DatagramOutput {
     /// Live reload: the next datagram in either direction uses the new settings.
     pub fn set_settings(&self, settings: DatagramSettings) {
         self.raw.store(settings.format == Format::Raw, Ordering::Relaxed);
+        self.max_datagram.store(settings.max_datagram, Ordering::Relaxed);
         self.settings.store(Arc::new(settings));
     }
 
@@ -411,10 +415,8 @@ pub async fn serve(
     let cancel = ctx.cancel.clone();
     let receiving = async {
         loop {
-            let settings = output.settings.load_full();
-            let max = settings.max_datagram;
             // One byte more than the limit tells an oversize datagram from one that fits exactly.
-            buffer.resize(max + 1, 0);
+            buffer.resize(output.max_datagram.load(Ordering::Relaxed) + 1, 0);
             let (len, from) = match socket.recv_from(&mut buffer).await {
                 Ok(received) => received,
                 Err(e) => {
@@ -424,6 +426,10 @@ pub async fn serve(
                     continue;
                 }
             };
+            // Read after the wait, as a guard (no reference count), so a reload applies to the next
+            // datagram.
+            let settings = output.settings.load();
+            let max = settings.max_datagram.min(buffer.len() - 1);
             let datagram = &buffer[..len.min(max + 1)];
             if let (Some(own), Some(local)) = (&own, local) {
                 if from.port() == local.port() && own.ips.contains(&from.ip()) && own.sent.take(datagram) {
