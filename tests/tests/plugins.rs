@@ -713,7 +713,10 @@ fn panicking_plugin_is_contained_counted_and_disabled_by_its_error_budget() {
         "panicked",
         "panicky: boom on /boom",
     ];
-    assert_eq!(count_lines(&text, &failed), 4, "{text}");
+    // Logged with the plugin's name; repeats within a second may be folded into one line (the
+    // host rate-limits failure lines per instance), the metric has every one.
+    let logged = count_lines(&text, &failed);
+    assert!((1..=4).contains(&logged), "{logged} failure lines:\n{text}");
     assert!(
         line_with(&text, &failed).contains("panicky/src/lib.rs"),
         "the panic's location is logged:\n{text}"
@@ -1107,7 +1110,7 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// A private copy must not follow a symlink planted at its predictable temp path (`copies_dir`).
+/// A private copy must not follow a symlink planted at a predictable temp path (regression test).
 #[test]
 fn private_copies_do_not_follow_a_symlink_planted_in_the_temp_dir() {
     const PRECIOUS: &str = "the show file someone else's symlink points at\n";
@@ -1120,8 +1123,9 @@ fn private_copies_do_not_follow_a_symlink_planted_in_the_temp_dir() {
         "{ in_min: 0, in_max: 10, out_min: 0, out_max: 100, to: lights }",
     );
     let pb = Patchbay::start(&config(&dir, lights.addr(), "", &routes));
-    // What another local user can do once the pid is known: a world-writable folder with a
-    // symlink named like the first copy (generation 1) pointing at a file of ours.
+    // What another local user could do once the pid is known, against the pid-named copies
+    // folder the host used before ec4988f (`$TMPDIR/patchbay-plugins-<pid>/<generation>-<file>`):
+    // a world-writable folder with a symlink named like the first copy pointing at a file of ours.
     let copies = std::env::temp_dir().join(format!("patchbay-plugins-{}", pb.pid()));
     let _cleanup = RemoveOnDrop(copies.clone());
     std::fs::create_dir_all(&copies).expect("create the copies folder first");
