@@ -140,6 +140,9 @@ pub fn load(file: &Path, generation: u64) -> Result<LoadedPlugin, PluginError> {
     // others, which is as far as a host can vouch for code it is asked to run.
     let library = unsafe { libloading::Library::new(&copy) }
         .map_err(|e| PluginError::NotLibrary { file: file.to_path_buf(), reason: e.to_string() })?;
+    // The mapping stays after the name is gone (Unix), so nothing is left behind even after a kill.
+    #[cfg(unix)]
+    let _ = std::fs::remove_file(&copy);
     // Never unloaded: the vtable and every instance point into it.
     let library: &'static libloading::Library = Box::leak(Box::new(library));
     // SAFETY: the symbol's type is fixed by the ABI; a library without it is refused here.
@@ -602,6 +605,17 @@ impl PluginHost {
                 );
             }
             return !gone.is_empty();
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o002 != 0) {
+                tracing::error!(
+                    file = %file.display(),
+                    "Plugin not loaded: the file can be written by other users (run `chmod o-w` on it)."
+                );
+                return false;
+            }
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         match load(file, generation) {
