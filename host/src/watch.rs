@@ -107,16 +107,7 @@ pub fn watch_scripts(
 ) -> Result<Watcher, notify_debouncer_full::notify::Error> {
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
         let Ok(events) = result else { return };
-        let mut changed: Vec<PathBuf> = events
-            .iter()
-            .filter(|e| !matches!(e.kind, EventKind::Access(_)))
-            .flat_map(|e| e.paths.iter())
-            .filter(|p| p.extension().is_some_and(|x| x == "rhai"))
-            .cloned()
-            .collect();
-        changed.sort();
-        changed.dedup();
-        for file in changed {
+        for file in changed_paths(&events).into_iter().filter(|p| p.extension().is_some_and(|x| x == "rhai")) {
             scripts.file_changed(&file);
         }
     })?;
@@ -135,16 +126,8 @@ pub fn watch_plugins(
 ) -> Result<Watcher, notify_debouncer_full::notify::Error> {
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
         let Ok(events) = result else { return };
-        let mut changed: Vec<PathBuf> = events
-            .iter()
-            .filter(|e| !matches!(e.kind, EventKind::Access(_)))
-            .flat_map(|e| e.paths.iter())
-            .cloned()
-            .collect();
-        changed.sort();
-        changed.dedup();
         let mut any = false;
-        for file in changed {
+        for file in changed_paths(&events) {
             any |= plugins.load_file(&file);
         }
         if any {
@@ -153,4 +136,18 @@ pub fn watch_plugins(
     })?;
     debouncer.watch(folder, RecursiveMode::NonRecursive)?;
     Ok(debouncer)
+}
+
+/// The files a batch of events wrote, created, renamed or removed, each once. Reads (access events)
+/// do not count: reading a file is not changing it.
+fn changed_paths(events: &[notify_debouncer_full::DebouncedEvent]) -> Vec<PathBuf> {
+    let mut changed: Vec<PathBuf> = events
+        .iter()
+        .filter(|e| !matches!(e.kind, EventKind::Access(_)))
+        .flat_map(|e| e.paths.iter())
+        .cloned()
+        .collect();
+    changed.sort();
+    changed.dedup();
+    changed
 }

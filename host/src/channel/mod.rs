@@ -1,6 +1,10 @@
 //! Transports. One module per kind, all of one shape (Vector's sources are the model): a serde config
 //! struct, the ports it claims, an output handle that routes send through, and an async `run` that takes
 //! a [`ChannelContext`] (cancel token, where inbound messages go, metric handles, status reporting).
+//!
+//! The datagram kinds' config structs repeat the keys they share (`allow`, `max_datagram`, ...)
+//! instead of flattening one common struct: serde's `flatten` cannot be combined with
+//! `deny_unknown_fields`, and an unknown key must be an error.
 
 pub mod broadcast;
 pub mod datagram;

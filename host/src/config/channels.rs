@@ -87,15 +87,7 @@ fn pos(node: &Node, key: &str) -> (usize, usize) {
 }
 
 fn udp(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<BuiltChannel> {
-    let cfg = match deserialize_all::<UdpConfig>(node) {
-        Ok(cfg) => cfg,
-        Err(problems) => {
-            for p in problems {
-                errs.de(p, path, node);
-            }
-            return None;
-        }
-    };
+    let cfg = typed::<UdpConfig>(node, path, errs)?;
     let mut ok = check_raw_address(node, path, cfg.format, cfg.raw_address.as_deref(), errs);
     if cfg.listen.is_none() && cfg.send.is_none() {
         errs.at(
@@ -191,15 +183,7 @@ fn check_raw_address(
 }
 
 fn multicast(node: &Node, path: &str, _name: &str, errs: &mut Errors) -> Option<BuiltChannel> {
-    let cfg = match deserialize_all::<MulticastConfig>(node) {
-        Ok(cfg) => cfg,
-        Err(problems) => {
-            for p in problems {
-                errs.de(p, path, node);
-            }
-            return None;
-        }
-    };
+    let cfg = typed::<MulticastConfig>(node, path, errs)?;
     let mut ok = check_raw_address(node, path, cfg.format, cfg.raw_address.as_deref(), errs);
     if !cfg.group.is_multicast() {
         let (line, column) = pos(node, "group");
@@ -253,15 +237,7 @@ fn multicast(node: &Node, path: &str, _name: &str, errs: &mut Errors) -> Option<
 }
 
 fn broadcast(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<BuiltChannel> {
-    let cfg = match deserialize_all::<BroadcastConfig>(node) {
-        Ok(cfg) => cfg,
-        Err(problems) => {
-            for p in problems {
-                errs.de(p, path, node);
-            }
-            return None;
-        }
-    };
+    let cfg = typed::<BroadcastConfig>(node, path, errs)?;
     let ok = check_raw_address(node, path, cfg.format, cfg.raw_address.as_deref(), errs);
     let (line, column) = pos(node, "listen");
     let claims = vec![PortClaim {
@@ -284,4 +260,17 @@ fn broadcast(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<B
         claims,
         forwardable,
     })
+}
+
+/// A channel entry read into its transport's config struct, every problem reported.
+fn typed<T: serde::de::DeserializeOwned>(node: &Node, path: &str, errs: &mut Errors) -> Option<T> {
+    match deserialize_all::<T>(node) {
+        Ok(cfg) => Some(cfg),
+        Err(problems) => {
+            for p in problems {
+                errs.de(p, path, node);
+            }
+            None
+        }
+    }
 }
