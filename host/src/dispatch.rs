@@ -196,7 +196,8 @@ impl Dispatcher {
             }
             for target in route.targets.iter() {
                 if let Target::Script { script, function } = target {
-                    let message = script_message(message, &self.name, &route.name, &self.caps, origin);
+                    let message =
+                        script_message(message, &self.name, &route.name, &self.caps, origin);
                     script.deliver(function.clone(), message);
                     continue;
                 }
@@ -204,7 +205,13 @@ impl Dispatcher {
                     instance.deliver(message.raw.to_vec(), *origin);
                     continue;
                 }
-                let bytes = render(target, message, &self.caps, &mut self.address, &mut self.encoded);
+                let bytes = render(
+                    target,
+                    message,
+                    &self.caps,
+                    &mut self.address,
+                    &mut self.encoded,
+                );
                 send_to(board, destination(target), origin, bytes);
             }
         }
@@ -242,22 +249,45 @@ impl Dispatcher {
                         }
                         for target in route.targets.iter() {
                             if let Target::Script { script, function } = target {
-                                let message = script_message(&message, &self.name, &route.name, &self.caps, origin);
+                                let message = script_message(
+                                    &message,
+                                    &self.name,
+                                    &route.name,
+                                    &self.caps,
+                                    origin,
+                                );
                                 let (script, function) = (script.clone(), function.clone());
-                                when_due(&self.scheduler, timing, now.1, move || script.deliver(function, message));
+                                when_due(&self.scheduler, timing, now.1, move || {
+                                    script.deliver(function, message)
+                                });
                                 continue;
                             }
                             if let Target::Plugin { instance } = target {
-                                let (instance, packet, origin) = (instance.clone(), message.raw.to_vec(), *origin);
-                                when_due(&self.scheduler, timing, now.1, move || instance.deliver(packet, origin));
+                                let (instance, packet, origin) =
+                                    (instance.clone(), message.raw.to_vec(), *origin);
+                                when_due(&self.scheduler, timing, now.1, move || {
+                                    instance.deliver(packet, origin)
+                                });
                                 continue;
                             }
-                            let bytes = render(target, &message, &self.caps, &mut self.address, &mut self.encoded);
+                            let bytes = render(
+                                target,
+                                &message,
+                                &self.caps,
+                                &mut self.address,
+                                &mut self.encoded,
+                            );
                             match target {
-                                Target::Forward { channel, unbundle: true, .. } => {
+                                Target::Forward {
+                                    channel,
+                                    unbundle: true,
+                                    ..
+                                } => {
                                     if let Some(output) = board.output(*channel) {
                                         let (output, bytes) = (output.clone(), bytes.to_vec());
-                                        when_due(&self.scheduler, timing, now.1, move || output.send(&bytes));
+                                        when_due(&self.scheduler, timing, now.1, move || {
+                                            output.send(&bytes)
+                                        });
                                     }
                                 }
                                 _ => append_element(out, destination(target), bytes),
@@ -283,7 +313,12 @@ impl Dispatcher {
 
 /// A bundle's message for a target that acts on it itself (an `unbundle` forward, a script): now, at
 /// the bundle's time, or (far-future policy `drop`) never.
-fn when_due(scheduler: &Scheduler, timing: Timing, now: Instant, deliver: impl FnOnce() + Send + 'static) {
+fn when_due(
+    scheduler: &Scheduler,
+    timing: Timing,
+    now: Instant,
+    deliver: impl FnOnce() + Send + 'static,
+) {
     match timing {
         Timing::Now { .. } => deliver(),
         Timing::FarFuture(_) if scheduler.far_future_policy() == FarFuture::Dispatch => deliver(),
@@ -304,7 +339,10 @@ fn script_message(
     caps: &Captures,
     origin: &Origin,
 ) -> ScriptMessage {
-    let received_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let received_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     ScriptMessage {
         address: message.address.to_string(),
         args: message.args(),
@@ -312,7 +350,11 @@ fn script_message(
         channel: channel.clone(),
         route: route.clone(),
         received_ms,
-        captures: caps.spans.iter().map(|&(a, b)| message.address[a..b].to_string()).collect(),
+        captures: caps
+            .spans
+            .iter()
+            .map(|&(a, b)| message.address[a..b].to_string())
+            .collect(),
         origin: *origin,
     }
 }

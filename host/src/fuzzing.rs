@@ -14,13 +14,20 @@ use crate::route::{ChannelId, Hits, RouteTable};
 /// them never panics.
 pub fn check_datagram(data: &[u8]) {
     static TABLE: OnceLock<RouteTable> = OnceLock::new();
-    let Ok(packet) = PacketRef::parse(data, &DecodeLimits::default()) else { return };
+    let Ok(packet) = PacketRef::parse(data, &DecodeLimits::default()) else {
+        return;
+    };
     let once = encode(&packet.to_owned_packet());
     if !has_message_without_type_tags(&packet) {
         assert_eq!(once, data, "an accepted packet re-encodes byte-exact");
     }
-    let reparsed = PacketRef::parse(&once, &DecodeLimits::default()).expect("our own encoding parses");
-    assert_eq!(encode(&reparsed.to_owned_packet()), once, "encoding is stable");
+    let reparsed =
+        PacketRef::parse(&once, &DecodeLimits::default()).expect("our own encoding parses");
+    assert_eq!(
+        encode(&reparsed.to_owned_packet()),
+        once,
+        "encoding is stable"
+    );
     route_packet(TABLE.get_or_init(sample_table), &packet);
 }
 

@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram};
-use patchbay_plugin_api::abi::{self, borrowed, host, host_code, log_level, HostVtable, PluginVtable};
+use patchbay_plugin_api::abi::{
+    self, borrowed, host, host_code, log_level, HostVtable, PluginVtable,
+};
 use patchbay_plugin_api::osc::{DecodeLimits, PacketRef};
 use serde::{Deserialize, Serialize};
 
@@ -75,15 +77,24 @@ pub enum PluginError {
     #[error("the plugins folder {0} can be written by other users; refusing to load from it (loading runs a library's code): run `chmod o-w` on it")]
     WorldWritable(PathBuf),
     #[error("cannot read the plugins folder {path}: {source}")]
-    Folder { path: PathBuf, source: std::io::Error },
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot make a private copy of {file}: {source}")]
-    Copy { file: PathBuf, source: std::io::Error },
+    Copy {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{file} is not a shared library: {reason}")]
     NotLibrary { file: PathBuf, reason: String },
     #[error("{file} is not a patchbay plugin: it has no `{symbol}` function")]
     NotPlugin { file: PathBuf, symbol: &'static str },
     #[error("{file} is refused: {source}")]
-    Abi { file: PathBuf, source: host::AbiError },
+    Abi {
+        file: PathBuf,
+        source: host::AbiError,
+    },
 }
 
 /// A library that passed every check. Its vtable lives as long as the process (never unloaded).
@@ -97,12 +108,18 @@ pub struct LoadedPlugin {
 }
 
 fn is_library(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("so" | "dylib" | "dll"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("so" | "dylib" | "dll")
+    )
 }
 
 /// Refuses a folder other users can write to.
 pub fn check_folder(dir: &Path) -> Result<(), PluginError> {
-    let metadata = std::fs::metadata(dir).map_err(|source| PluginError::Folder { path: dir.to_path_buf(), source })?;
+    let metadata = std::fs::metadata(dir).map_err(|source| PluginError::Folder {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -119,7 +136,12 @@ pub fn check_folder(dir: &Path) -> Result<(), PluginError> {
 /// name, mode 0700), so nobody can plant a file or a symlink where a copy is about to be loaded.
 fn copies_dir() -> std::io::Result<PathBuf> {
     static DIR: OnceLock<Result<tempfile::TempDir, String>> = OnceLock::new();
-    match DIR.get_or_init(|| tempfile::Builder::new().prefix("patchbay-plugins-").tempdir().map_err(|e| e.to_string())) {
+    match DIR.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("patchbay-plugins-")
+            .tempdir()
+            .map_err(|e| e.to_string())
+    }) {
         Ok(dir) => Ok(dir.path().to_path_buf()),
         Err(e) => Err(std::io::Error::other(e.clone())),
     }
@@ -127,37 +149,71 @@ fn copies_dir() -> std::io::Result<PathBuf> {
 
 /// Loads `file` from a private copy and checks it (ABI version first).
 pub fn load(file: &Path, generation: u64) -> Result<LoadedPlugin, PluginError> {
-    let copy_error = |source| PluginError::Copy { file: file.to_path_buf(), source };
+    let copy_error = |source| PluginError::Copy {
+        file: file.to_path_buf(),
+        source,
+    };
     let copies = copies_dir().map_err(copy_error)?;
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let copy = copies.join(format!("{generation}-{name}"));
     // create_new: never write through something that is already there.
-    let mut target = std::fs::OpenOptions::new().write(true).create_new(true).open(&copy).map_err(copy_error)?;
+    let mut target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&copy)
+        .map_err(copy_error)?;
     let mut source = std::fs::File::open(file).map_err(copy_error)?;
     std::io::copy(&mut source, &mut target).map_err(copy_error)?;
     drop(target);
     // SAFETY: loading runs the library's constructors; the folder was checked not to be writable by
     // others, which is as far as a host can vouch for code it is asked to run.
-    let library = unsafe { libloading::Library::new(&copy) }
-        .map_err(|e| PluginError::NotLibrary { file: file.to_path_buf(), reason: e.to_string() })?;
+    let library =
+        unsafe { libloading::Library::new(&copy) }.map_err(|e| PluginError::NotLibrary {
+            file: file.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     // The mapping stays after the name is gone (Unix), so nothing is left behind even after a kill.
     #[cfg(unix)]
     let _ = std::fs::remove_file(&copy);
     // Never unloaded: the vtable and every instance point into it.
     let library: &'static libloading::Library = Box::leak(Box::new(library));
     // SAFETY: the symbol's type is fixed by the ABI; a library without it is refused here.
-    let abi_version = unsafe { library.get::<unsafe extern "C" fn() -> u32>(b"patchbay_plugin_abi_version\0") }
-        .map_err(|_| PluginError::NotPlugin { file: file.to_path_buf(), symbol: abi::ABI_VERSION_SYMBOL })?;
+    let abi_version =
+        unsafe { library.get::<unsafe extern "C" fn() -> u32>(b"patchbay_plugin_abi_version\0") }
+            .map_err(|_| PluginError::NotPlugin {
+            file: file.to_path_buf(),
+            symbol: abi::ABI_VERSION_SYMBOL,
+        })?;
     // SAFETY: as above; the function takes nothing and returns a number.
     let version = unsafe { abi_version() };
-    host::check_abi_version(version).map_err(|source| PluginError::Abi { file: file.to_path_buf(), source })?;
+    host::check_abi_version(version).map_err(|source| PluginError::Abi {
+        file: file.to_path_buf(),
+        source,
+    })?;
     // SAFETY: the ABI version matched, so the entry symbol has this type.
-    let entry = unsafe { library.get::<unsafe extern "C" fn() -> *const PluginVtable>(b"patchbay_plugin_entry\0") }
-        .map_err(|_| PluginError::NotPlugin { file: file.to_path_buf(), symbol: abi::ENTRY_SYMBOL })?;
+    let entry = unsafe {
+        library.get::<unsafe extern "C" fn() -> *const PluginVtable>(b"patchbay_plugin_entry\0")
+    }
+    .map_err(|_| PluginError::NotPlugin {
+        file: file.to_path_buf(),
+        symbol: abi::ENTRY_SYMBOL,
+    })?;
     // SAFETY: the entry function of a checked library; the library is never unloaded.
-    let (vtable, info) = unsafe { host::check_vtable(entry()) }
-        .map_err(|source| PluginError::Abi { file: file.to_path_buf(), source })?;
-    Ok(LoadedPlugin { name: info.name, version: info.version, file: file.to_path_buf(), generation, vtable })
+    let (vtable, info) =
+        unsafe { host::check_vtable(entry()) }.map_err(|source| PluginError::Abi {
+            file: file.to_path_buf(),
+            source,
+        })?;
+    Ok(LoadedPlugin {
+        name: info.name,
+        version: info.version,
+        file: file.to_path_buf(),
+        generation,
+        vtable,
+    })
 }
 
 /// Per-instance metric handles (label: the plugin's name).
@@ -279,7 +335,10 @@ impl HostContext {
     }
 
     fn origin(&self, token: u64) -> Option<Origin> {
-        self.origins.lock().ok().and_then(|o| o.0.get(&token).copied())
+        self.origins
+            .lock()
+            .ok()
+            .and_then(|o| o.0.get(&token).copied())
     }
 }
 
@@ -299,11 +358,25 @@ fn valid_osc(bytes: &[u8]) -> bool {
     PacketRef::parse(bytes, &DecodeLimits::default()).is_ok()
 }
 
-unsafe extern "C" fn cb_send(ctx: *mut c_void, channel: *const u8, channel_len: usize, osc: *const u8, len: usize) -> i32 {
+unsafe extern "C" fn cb_send(
+    ctx: *mut c_void,
+    channel: *const u8,
+    channel_len: usize,
+    osc: *const u8,
+    len: usize,
+) -> i32 {
     // SAFETY: pointers valid for the call, per the ABI.
-    let (ctx, channel, osc) = unsafe { (context(ctx), borrowed(channel, channel_len), borrowed(osc, len)) };
+    let (ctx, channel, osc) = unsafe {
+        (
+            context(ctx),
+            borrowed(channel, channel_len),
+            borrowed(osc, len),
+        )
+    };
     guarded(|| {
-        let Ok(channel) = std::str::from_utf8(channel) else { return host_code::REFUSED };
+        let Ok(channel) = std::str::from_utf8(channel) else {
+            return host_code::REFUSED;
+        };
         if !valid_osc(osc) {
             return host_code::REFUSED;
         }
@@ -318,14 +391,21 @@ unsafe extern "C" fn cb_send(ctx: *mut c_void, channel: *const u8, channel_len: 
     })
 }
 
-unsafe extern "C" fn cb_reply_osc(ctx: *mut c_void, origin: u64, osc: *const u8, len: usize) -> i32 {
+unsafe extern "C" fn cb_reply_osc(
+    ctx: *mut c_void,
+    origin: u64,
+    osc: *const u8,
+    len: usize,
+) -> i32 {
     // SAFETY: pointers valid for the call, per the ABI.
     let (ctx, osc) = unsafe { (context(ctx), borrowed(osc, len)) };
     guarded(|| {
         if !valid_osc(osc) {
             return host_code::REFUSED;
         }
-        let Some(origin) = ctx.origin(origin) else { return host_code::UNKNOWN };
+        let Some(origin) = ctx.origin(origin) else {
+            return host_code::UNKNOWN;
+        };
         let board = ctx.board.load();
         match board.output(origin.channel) {
             Some(output) => {
@@ -337,11 +417,18 @@ unsafe extern "C" fn cb_reply_osc(ctx: *mut c_void, origin: u64, osc: *const u8,
     })
 }
 
-unsafe extern "C" fn cb_reply_bytes(ctx: *mut c_void, origin: u64, bytes: *const u8, len: usize) -> i32 {
+unsafe extern "C" fn cb_reply_bytes(
+    ctx: *mut c_void,
+    origin: u64,
+    bytes: *const u8,
+    len: usize,
+) -> i32 {
     // SAFETY: pointers valid for the call, per the ABI.
     let (ctx, bytes) = unsafe { (context(ctx), borrowed(bytes, len)) };
     guarded(|| {
-        let Some(origin) = ctx.origin(origin) else { return host_code::UNKNOWN };
+        let Some(origin) = ctx.origin(origin) else {
+            return host_code::UNKNOWN;
+        };
         let board = ctx.board.load();
         match board.output(origin.channel) {
             Some(output) => {
@@ -357,9 +444,15 @@ unsafe extern "C" fn cb_close(ctx: *mut c_void, origin: u64) -> i32 {
     // SAFETY: per the ABI.
     let ctx = unsafe { context(ctx) };
     guarded(|| {
-        let Some(origin) = ctx.origin(origin) else { return 0 };
+        let Some(origin) = ctx.origin(origin) else {
+            return 0;
+        };
         let board = ctx.board.load();
-        i32::from(board.output(origin.channel).is_some_and(|o| o.close(&origin)))
+        i32::from(
+            board
+                .output(origin.channel)
+                .is_some_and(|o| o.close(&origin)),
+        )
     })
 }
 
@@ -432,8 +525,15 @@ unsafe impl Send for Runner {}
 impl Runner {
     fn run(mut self, jobs: Receiver<Job>) {
         loop {
-            let next = self.ctx.timers.lock().ok().and_then(|t| t.iter().map(|(due, _)| *due).min());
-            let wait = next.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(1));
+            let next = self
+                .ctx
+                .timers
+                .lock()
+                .ok()
+                .and_then(|t| t.iter().map(|(due, _)| *due).min());
+            let wait = next
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(1));
             match jobs.recv_timeout(wait) {
                 Ok(Job::Message(_, _)) if self.instance.unloaded.load(Ordering::Relaxed) => break,
                 Ok(Job::Message(_, _)) if self.instance.disabled.load(Ordering::Relaxed) => {
@@ -452,7 +552,8 @@ impl Runner {
             let due: Vec<u64> = match self.ctx.timers.lock() {
                 Ok(mut timers) => {
                     let now = Instant::now();
-                    let (fire, keep): (Vec<_>, Vec<_>) = timers.drain(..).partition(|(due, _)| *due <= now);
+                    let (fire, keep): (Vec<_>, Vec<_>) =
+                        timers.drain(..).partition(|(due, _)| *due <= now);
                     *timers = keep;
                     fire.into_iter().map(|(_, id)| id).collect()
                 }
@@ -462,7 +563,9 @@ impl Runner {
                 break;
             }
             for timer in due {
-                if self.instance.unloaded.load(Ordering::Relaxed) || self.instance.disabled.load(Ordering::Relaxed) {
+                if self.instance.unloaded.load(Ordering::Relaxed)
+                    || self.instance.disabled.load(Ordering::Relaxed)
+                {
                     break;
                 }
                 let (vtable, handle) = (self.plugin.vtable, self.handle);
@@ -478,7 +581,10 @@ impl Runner {
     fn call(&mut self, call: impl FnOnce() -> Result<(), host::CallError>) {
         let instance = &self.instance;
         let started = Instant::now();
-        instance.busy_since.store((instance.epoch.elapsed().as_nanos() as u64).max(1), Ordering::Relaxed);
+        instance.busy_since.store(
+            (instance.epoch.elapsed().as_nanos() as u64).max(1),
+            Ordering::Relaxed,
+        );
         instance.metrics.calls.increment(1);
         let result = call();
         instance.busy_since.store(0, Ordering::Relaxed);
@@ -504,10 +610,16 @@ impl Runner {
         let now = Instant::now();
         let window = Duration::from_millis(self.config.error_window_ms);
         self.errors.push_back(now);
-        while self.errors.front().is_some_and(|t| now.duration_since(*t) > window) {
+        while self
+            .errors
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
             self.errors.pop_front();
         }
-        if self.errors.len() > self.config.error_budget as usize && !instance.disabled.swap(true, Ordering::Relaxed) {
+        if self.errors.len() > self.config.error_budget as usize
+            && !instance.disabled.swap(true, Ordering::Relaxed)
+        {
             tracing::error!(
                 plugin = %instance.plugin, route = %instance.route, errors = self.errors.len(),
                 window_ms = self.config.error_window_ms,
@@ -553,7 +665,10 @@ impl PluginHost {
     }
 
     pub fn dir(&self) -> Option<PathBuf> {
-        self.plan.lock().ok().and_then(|p| p.as_ref().map(|p| p.dir.clone()))
+        self.plan
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(|p| p.dir.clone()))
     }
 
     /// Takes the (new) `plugins:` settings and loads every library in the folder not loaded yet.
@@ -576,7 +691,11 @@ impl PluginHost {
                 return;
             }
         };
-        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| is_library(p)).collect();
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| is_library(p))
+            .collect();
         files.sort();
         for file in files {
             self.load_file(&file);
@@ -596,7 +715,11 @@ impl PluginHost {
         }
         if !file.exists() {
             let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-            let gone: Vec<String> = loaded.iter().filter(|(_, p)| p.file == file).map(|(n, _)| n.clone()).collect();
+            let gone: Vec<String> = loaded
+                .iter()
+                .filter(|(_, p)| p.file == file)
+                .map(|(n, _)| n.clone())
+                .collect();
             for name in &gone {
                 loaded.remove(name);
                 tracing::warn!(
@@ -637,12 +760,21 @@ impl PluginHost {
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.loaded.lock().map(|l| l.keys().cloned().collect()).unwrap_or_default()
+        self.loaded
+            .lock()
+            .map(|l| l.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The instance for one route target, reused while the plugin file, route and config are the
     /// same; `None` (with a log line) while no plugin of that name is loaded.
-    pub fn instance(&self, route: &str, target: usize, plugin: &str, config: &str) -> Option<Arc<PluginInstance>> {
+    pub fn instance(
+        &self,
+        route: &str,
+        target: usize,
+        plugin: &str,
+        config: &str,
+    ) -> Option<Arc<PluginInstance>> {
         let loaded = self.loaded.lock().ok()?.get(plugin).cloned();
         let Some(loaded) = loaded else {
             tracing::warn!(
@@ -668,7 +800,12 @@ impl PluginHost {
         Some(instance)
     }
 
-    fn start(&self, plugin: Arc<LoadedPlugin>, route: &str, config: &str) -> Option<Arc<PluginInstance>> {
+    fn start(
+        &self,
+        plugin: Arc<LoadedPlugin>,
+        route: &str,
+        config: &str,
+    ) -> Option<Arc<PluginInstance>> {
         let plan = self.plan.lock().ok()?.clone()?;
         let name: Arc<str> = plugin.name.as_str().into();
         let ctx = Box::new(HostContext {
@@ -701,16 +838,15 @@ impl PluginHost {
             metrics: PluginMetrics::new(&name),
             drop_log: Mutex::new(RateLimitedLog::new(Duration::from_secs(1))),
         });
-        let runner =
-            Runner {
-                instance: instance.clone(),
-                plugin,
-                ctx,
-                handle,
-                errors: VecDeque::new(),
-                config: plan.config,
-                failure_log: RateLimitedLog::new(Duration::from_secs(1)),
-            };
+        let runner = Runner {
+            instance: instance.clone(),
+            plugin,
+            ctx,
+            handle,
+            errors: VecDeque::new(),
+            config: plan.config,
+            failure_log: RateLimitedLog::new(Duration::from_secs(1)),
+        };
         let spawned = std::thread::Builder::new()
             .name(format!("plugin {name}"))
             .spawn(move || runner.run(inbox));

@@ -53,7 +53,9 @@ impl PlanDiff {
         for route in &new.routes {
             match find(old, &route.name) {
                 None => diff.routes_added.push(route.name.clone()),
-                Some(i) if signature(&old.routes[i]) != signature(route) => diff.routes_changed.push(route.name.clone()),
+                Some(i) if signature(&old.routes[i]) != signature(route) => {
+                    diff.routes_changed.push(route.name.clone())
+                }
                 Some(_) => {}
             }
         }
@@ -63,7 +65,11 @@ impl PlanDiff {
             }
         }
         let kept = |plan: &Plan, other: &Plan| -> Vec<String> {
-            plan.routes.iter().filter(|r| find(other, &r.name).is_some()).map(|r| r.name.clone()).collect()
+            plan.routes
+                .iter()
+                .filter(|r| find(other, &r.name).is_some())
+                .map(|r| r.name.clone())
+                .collect()
         };
         diff.routes_reordered = kept(old, new) != kept(new, old);
         diff.metrics_changed = old.metrics != new.metrics;
@@ -86,7 +92,8 @@ impl PlanDiff {
                 self.routes_removed.join(", ")
             ));
         }
-        if !self.channels_removed.is_empty() && self.channels_removed.len() * 2 > old.channels.len() {
+        if !self.channels_removed.is_empty() && self.channels_removed.len() * 2 > old.channels.len()
+        {
             lost.push(format!(
                 "{} of {} channels ({})",
                 self.channels_removed.len(),
@@ -139,7 +146,10 @@ impl fmt::Display for PlanDiff {
 
 /// A route's whole meaning, for "did it change". The pattern's Debug form is its source text.
 fn signature(route: &RoutePlan) -> String {
-    format!("{:?}|{:?}|{:?}|{}|{}", route.matcher, route.from, route.targets, route.stop, route.incoming_patterns)
+    format!(
+        "{:?}|{:?}|{:?}|{}|{}",
+        route.matcher, route.from, route.targets, route.stop, route.incoming_patterns
+    )
 }
 
 fn channel_change(old: &ChannelPlan, new: &ChannelPlan) -> Option<ChannelChange> {
@@ -153,14 +163,21 @@ fn channel_change(old: &ChannelPlan, new: &ChannelPlan) -> Option<ChannelChange>
         (ChannelKind::Broadcast(a), ChannelKind::Broadcast(b)) => a.needs_rebind(b),
         _ => true,
     };
-    Some(if rebind { ChannelChange::Rebind(keys) } else { ChannelChange::Live(keys) })
+    Some(if rebind {
+        ChannelChange::Rebind(keys)
+    } else {
+        ChannelChange::Live(keys)
+    })
 }
 
 /// The YAML keys whose values differ, by comparing the two configs as serialized maps.
 fn changed_keys(old: &ChannelKind, new: &ChannelKind) -> Vec<String> {
     let (a, b) = (as_map(old), as_map(new));
     let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
 }
 
 fn as_map(kind: &ChannelKind) -> serde_json::Map<String, serde_json::Value> {
@@ -227,29 +244,60 @@ routes:
     #[test]
     fn channel_settings_are_live_or_rebind() {
         let new = BASE
-            .replace("send: 127.0.0.1:7000", "send: 127.0.0.1:7010, allow: [127.0.0.1]")
+            .replace(
+                "send: 127.0.0.1:7000",
+                "send: 127.0.0.1:7010, allow: [127.0.0.1]",
+            )
             .replace("listen: 127.0.0.1:9000", "listen: 127.0.0.1:9001")
-            .replace("  spare: { kind: udp, send: 127.0.0.1:7002 }\n", "  fx: { kind: udp, send: 127.0.0.1:7003 }\n");
+            .replace(
+                "  spare: { kind: udp, send: 127.0.0.1:7002 }\n",
+                "  fx: { kind: udp, send: 127.0.0.1:7003 }\n",
+            );
         let diff = PlanDiff::between(&plan(BASE), &plan(&new));
         assert_eq!(diff.channels_added, ["fx"]);
         assert_eq!(diff.channels_removed, ["spare"]);
         assert_eq!(
             diff.channels_changed,
             [
-                ("desk".to_string(), ChannelChange::Rebind(vec!["listen".into()])),
-                ("lights".to_string(), ChannelChange::Live(vec!["allow".into(), "send".into()])),
+                (
+                    "desk".to_string(),
+                    ChannelChange::Rebind(vec!["listen".into()])
+                ),
+                (
+                    "lights".to_string(),
+                    ChannelChange::Live(vec!["allow".into(), "send".into()])
+                ),
             ]
         );
-        assert_eq!(diff.to_string(), "channels: +fx -spare ~desk (rebind: listen) ~lights (live: allow, send)");
+        assert_eq!(
+            diff.to_string(),
+            "channels: +fx -spare ~desk (rebind: listen) ~lights (live: allow, send)"
+        );
     }
 
     #[test]
     fn removing_more_than_half_is_flagged_by_name() {
         let old = plan(BASE);
-        let new = plan(&BASE.replace("  - { name: a, match: /a, to: [ { forward: lights } ] }\n", "").replace("  - { name: c, match: /c, to: [ { forward: lights } ] }\n", ""));
+        let new = plan(
+            &BASE
+                .replace(
+                    "  - { name: a, match: /a, to: [ { forward: lights } ] }\n",
+                    "",
+                )
+                .replace(
+                    "  - { name: c, match: /c, to: [ { forward: lights } ] }\n",
+                    "",
+                ),
+        );
         let diff = PlanDiff::between(&old, &new);
-        assert_eq!(diff.large_removal(&old).as_deref(), Some("2 of 3 routes (a, c)"));
-        let one = plan(&BASE.replace("  - { name: a, match: /a, to: [ { forward: lights } ] }\n", ""));
+        assert_eq!(
+            diff.large_removal(&old).as_deref(),
+            Some("2 of 3 routes (a, c)")
+        );
+        let one = plan(&BASE.replace(
+            "  - { name: a, match: /a, to: [ { forward: lights } ] }\n",
+            "",
+        ));
         assert_eq!(PlanDiff::between(&old, &one).large_removal(&old), None);
     }
 }

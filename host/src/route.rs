@@ -40,7 +40,9 @@ pub enum Target {
         function: Arc<str>,
     },
     /// Queued to a plugin instance's thread.
-    Plugin { instance: Arc<PluginInstance> },
+    Plugin {
+        instance: Arc<PluginInstance>,
+    },
 }
 
 impl Target {
@@ -168,18 +170,30 @@ impl RouteTable {
                 .iter()
                 .enumerate()
                 .filter_map(|(target_index, t)| match t {
-                    TargetPlan::Plugin { name, config } => plugin(&route.name, target_index, name, config)
-                        .map(|instance| Target::Plugin { instance }),
-                    TargetPlan::Forward { channel, rewrite, unbundle } => Some(Target::Forward {
+                    TargetPlan::Plugin { name, config } => {
+                        plugin(&route.name, target_index, name, config)
+                            .map(|instance| Target::Plugin { instance })
+                    }
+                    TargetPlan::Forward {
+                        channel,
+                        rewrite,
+                        unbundle,
+                    } => Some(Target::Forward {
                         channel: channel_id(channel),
                         rewrite: rewrite.as_ref().map(|r| Rewrite::new(r.parts.clone())),
                         unbundle: *unbundle,
                     }),
-                    TargetPlan::Reply { rewrite } => {
-                        Some(Target::Reply { rewrite: rewrite.as_ref().map(|r| Rewrite::new(r.parts.clone())) })
-                    }
-                    TargetPlan::Script { file, name, function } => script(file, name)
-                        .map(|script| Target::Script { script, function: function.as_str().into() }),
+                    TargetPlan::Reply { rewrite } => Some(Target::Reply {
+                        rewrite: rewrite.as_ref().map(|r| Rewrite::new(r.parts.clone())),
+                    }),
+                    TargetPlan::Script {
+                        file,
+                        name,
+                        function,
+                    } => script(file, name).map(|script| Target::Script {
+                        script,
+                        function: function.as_str().into(),
+                    }),
                 })
                 .collect();
             let pattern = match &route.matcher {
@@ -214,8 +228,8 @@ impl RouteTable {
             // Scripts see what each wildcard matched (`msg.captures`).
             let needs_captures = targets.iter().any(|t| matches!(t, Target::Script { .. }))
                 || targets
-                .iter()
-                .any(|t| t.rewrite().is_some_and(Rewrite::uses_captures));
+                    .iter()
+                    .any(|t| t.rewrite().is_some_and(Rewrite::uses_captures));
             table.routes.push(CompiledRoute {
                 name: route.name.as_str().into(),
                 pattern,
@@ -262,8 +276,13 @@ impl RouteTable {
             &[]
         };
 
-        let first_part = address.get(1..).map_or("", |rest| rest.split('/').next().unwrap_or(rest));
-        let by_part: &[(u32, Box<str>)] = self.patterns_by_part.get(first_part).map_or(&[], Vec::as_slice);
+        let first_part = address
+            .get(1..)
+            .map_or("", |rest| rest.split('/').next().unwrap_or(rest));
+        let by_part: &[(u32, Box<str>)] = self
+            .patterns_by_part
+            .get(first_part)
+            .map_or(&[], Vec::as_slice);
         let any: &[(u32, Box<str>)] = &self.patterns_any;
 
         // Merge the four sorted candidate lists in route order; plain integers keep the loop tight.
@@ -290,10 +309,16 @@ impl RouteTable {
                     &any[ai - 1].1
                 };
                 address.starts_with(&**prefix)
-                    && self.routes[candidate as usize].pattern.as_ref().is_some_and(|p| p.is_match(address))
+                    && self.routes[candidate as usize]
+                        .pattern
+                        .as_ref()
+                        .is_some_and(|p| p.is_match(address))
             } else {
                 ii += 1;
-                let route_address = self.routes[candidate as usize].pattern.as_ref().map(Pattern::as_str);
+                let route_address = self.routes[candidate as usize]
+                    .pattern
+                    .as_ref()
+                    .map(Pattern::as_str);
                 matches!((&incoming, route_address), (Some(p), Some(a)) if p.is_match(a))
             };
             let route = &self.routes[candidate as usize];

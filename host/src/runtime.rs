@@ -23,11 +23,11 @@ use crate::channel::{broadcast, multicast, udp, ChannelContext, Output, StatusBo
 use crate::config::{self, ChannelKind, ChannelPlan, ConfigErrors, Plan};
 use crate::dispatch::{Dispatcher, SharedSwitchboard, Switchboard};
 use crate::metrics::{self, ChannelMetrics, MetricsError, ReloadMetrics};
+use crate::plugin::PluginHost;
 use crate::ready::Ready;
 use crate::reload::{ChannelChange, PlanDiff};
 use crate::route::{ChannelId, RouteTable};
 use crate::scheduler::Scheduler;
-use crate::plugin::PluginHost;
 use crate::script::ScriptHost;
 use crate::watch::{self, ReloadTrigger};
 
@@ -49,16 +49,26 @@ pub enum RunError {
     #[error("{0} (--strict makes this fatal)")]
     Strict(String),
     #[error("cannot write the ready file {path}: {source}")]
-    ReadyFile { path: PathBuf, source: std::io::Error },
+    ReadyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Why a valid new config was not applied; the running config stays in force.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("channel `{channel}` cannot bind {addr}: {source}")]
-    Bind { channel: String, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        channel: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("channel `{channel}` cannot change in place: {source}")]
-    Live { channel: String, source: std::io::Error },
+    Live {
+        channel: String,
+        source: std::io::Error,
+    },
 }
 
 /// Channel names to ids for the life of the process: a channel keeps its id across reloads.
@@ -119,8 +129,11 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
     let scheduler = Arc::new(Scheduler::new(plan.bundles.clone()));
     tokio::spawn(scheduler.clone().run(cancel.clone()));
 
-    let board: SharedSwitchboard =
-        Arc::new(ArcSwap::from_pointee(Switchboard::new(0, RouteTable::build(&[], |_| ChannelId(0)), vec![])));
+    let board: SharedSwitchboard = Arc::new(ArcSwap::from_pointee(Switchboard::new(
+        0,
+        RouteTable::build(&[], |_| ChannelId(0)),
+        vec![],
+    )));
     let scripts = ScriptHost::new(board.clone(), plan.scripts.clone());
     let plugins = PluginHost::new(board.clone());
     plugins.set_plan(plan.plugins.clone());
@@ -155,7 +168,9 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
     }
     let names: Vec<String> = starting.iter().map(|(c, _)| c.name.clone()).collect();
     for (channel, (id, output, own)) in starting {
-        let startup = Startup::Retry { strict: options.strict };
+        let startup = Startup::Retry {
+            strict: options.strict,
+        };
         host.spawn_channel(&channel, id, output, own, startup);
     }
     host.swap_board();
@@ -222,7 +237,6 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         "Patchbay is running. Edits to the config file are applied while the show runs (or send SIGHUP)."
     );
 
-
     let status = host.status.clone();
     loop {
         let notified = status.changed();
@@ -245,7 +259,10 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
     cancel.cancel();
     host.scripts.shutdown();
     host.plugins.shutdown();
-    let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut host.channels).into_values().map(|r| r.task).collect();
+    let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut host.channels)
+        .into_values()
+        .map(|r| r.task)
+        .collect();
     let _ = tokio::time::timeout(Duration::from_secs(5), futures_join(tasks)).await;
     tracing::info!("Patchbay stopped.");
     Ok(())
@@ -259,22 +276,32 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
 
 impl Host {
     fn ready(&self) -> ReadyOwned {
-        ReadyOwned { channels: self.status.snapshot(), metrics: self.metrics_addr }
+        ReadyOwned {
+            channels: self.status.snapshot(),
+            metrics: self.metrics_addr,
+        }
     }
 
     fn write_ready(&self) -> Result<(), RunError> {
         match &self.options.ready_file {
-            Some(path) => self
-                .ready()
-                .as_ready()
-                .write_file(path)
-                .map_err(|source| RunError::ReadyFile { path: path.clone(), source }),
+            Some(path) => {
+                self.ready()
+                    .as_ready()
+                    .write_file(path)
+                    .map_err(|source| RunError::ReadyFile {
+                        path: path.clone(),
+                        source,
+                    })
+            }
             None => Ok(()),
         }
     }
 
     /// The output (and own-datagram memory) of a channel about to start.
-    fn prepare_channel(&mut self, channel: &ChannelPlan) -> (ChannelId, Arc<DatagramOutput>, Arc<OwnDatagrams>) {
+    fn prepare_channel(
+        &mut self,
+        channel: &ChannelPlan,
+    ) -> (ChannelId, Arc<DatagramOutput>, Arc<OwnDatagrams>) {
         let id = self.ids.id(&channel.name);
         let name: Arc<str> = channel.name.as_str().into();
         let channel_metrics = ChannelMetrics::new(&channel.name);
@@ -320,8 +347,12 @@ impl Host {
         let task = tokio::spawn(async move {
             let result = match kind {
                 ChannelKind::Udp(cfg) => udp::run(cfg, task_output, ctx, startup).await,
-                ChannelKind::Multicast(cfg) => multicast::run(cfg, task_output, task_own, ctx, startup).await,
-                ChannelKind::Broadcast(cfg) => broadcast::run(cfg, task_output, task_own, ctx, startup).await,
+                ChannelKind::Multicast(cfg) => {
+                    multicast::run(cfg, task_output, task_own, ctx, startup).await
+                }
+                ChannelKind::Broadcast(cfg) => {
+                    broadcast::run(cfg, task_output, task_own, ctx, startup).await
+                }
             };
             if let Err(e) = result {
                 let _ = failures.send(e.to_string());
@@ -329,7 +360,15 @@ impl Host {
         });
         self.channels.insert(
             channel.name.clone(),
-            Running { id, kind: channel.kind.clone(), output, own, cancel, replaced, task },
+            Running {
+                id,
+                kind: channel.kind.clone(),
+                output,
+                own,
+                cancel,
+                replaced,
+                task,
+            },
         );
     }
 
@@ -350,9 +389,13 @@ impl Host {
                 instance
             },
         );
-        let outputs: Vec<(ChannelId, Arc<dyn Output>)> =
-            self.channels.values().map(|r| (r.id, r.output.clone() as Arc<dyn Output>)).collect();
-        self.board.store(Arc::new(Switchboard::new(self.generation, table, outputs)));
+        let outputs: Vec<(ChannelId, Arc<dyn Output>)> = self
+            .channels
+            .values()
+            .map(|r| (r.id, r.output.clone() as Arc<dyn Output>))
+            .collect();
+        self.board
+            .store(Arc::new(Switchboard::new(self.generation, table, outputs)));
         // Instances the new table no longer uses get on_unload (messages already queued first).
         self.plugins.retain_used(&used);
     }
@@ -360,10 +403,14 @@ impl Host {
     /// (Re)starts the watch on the plugins folder.
     fn watch_plugins(&mut self) {
         self.plugin_watcher = None;
-        let Some(dir) = self.plugins.dir() else { return };
+        let Some(dir) = self.plugins.dir() else {
+            return;
+        };
         match watch::watch_plugins(&dir, self.plugins.clone(), self.rebuild.clone()) {
             Ok(watcher) => self.plugin_watcher = Some(watcher),
-            Err(e) => tracing::warn!(folder = %dir.display(), "Cannot watch the plugins folder: {e}. Restart to load new plugins."),
+            Err(e) => {
+                tracing::warn!(folder = %dir.display(), "Cannot watch the plugins folder: {e}. Restart to load new plugins.")
+            }
         }
     }
 
@@ -376,7 +423,9 @@ impl Host {
         }
         match watch::watch_scripts(&folders, self.scripts.clone()) {
             Ok(watcher) => self.script_watcher = Some(watcher),
-            Err(e) => tracing::warn!("Cannot watch the script folders for saves: {e}. Restart to load script edits."),
+            Err(e) => tracing::warn!(
+                "Cannot watch the script folders for saves: {e}. Restart to load script edits."
+            ),
         }
     }
 
@@ -423,9 +472,13 @@ impl Host {
                 self.reload_metrics.applied.increment(1);
                 self.reload_metrics.generation.set(self.generation as f64);
                 let elapsed = trigger.at.elapsed();
-                self.reload_metrics.save_to_applied.record(elapsed.as_secs_f64());
+                self.reload_metrics
+                    .save_to_applied
+                    .record(elapsed.as_secs_f64());
                 tracing::info!(
-                    generation = self.generation, reason = trigger.reason, ms = elapsed.as_millis() as u64,
+                    generation = self.generation,
+                    reason = trigger.reason,
+                    ms = elapsed.as_millis() as u64,
                     "Applied the edited config: {diff}."
                 );
             }
@@ -459,7 +512,9 @@ impl Host {
             .map(|(n, _)| n)
             .collect();
         for name in diff.channels_added.iter().chain(rebinds.iter().copied()) {
-            let Some(channel) = by_name(&new, name) else { continue };
+            let Some(channel) = by_name(&new, name) else {
+                continue;
+            };
             match bind(&channel.kind) {
                 Ok(socket) => fresh.push((channel, socket)),
                 Err(e) if self.holds_port_of(name, &channel.kind) => {
@@ -467,25 +522,35 @@ impl Host {
                     release_first.push(channel);
                 }
                 Err(source) => {
-                    return Err(ApplyError::Bind { channel: name.clone(), addr: bind_address(&channel.kind), source })
+                    return Err(ApplyError::Bind {
+                        channel: name.clone(),
+                        addr: bind_address(&channel.kind),
+                        source,
+                    })
                 }
             }
         }
         // Group changes are joined before anything else changes, so a refused join leaves all as it was.
-        let mut joined: Vec<(Arc<DatagramOutput>, std::net::Ipv4Addr, std::net::Ipv4Addr)> = Vec::new();
+        let mut joined: Vec<(Arc<DatagramOutput>, std::net::Ipv4Addr, std::net::Ipv4Addr)> =
+            Vec::new();
         for (name, change) in &diff.channels_changed {
             let (ChannelChange::Live(_), Some(running), Some(channel)) =
                 (change, self.channels.get(name), new.channel(name))
             else {
                 continue;
             };
-            if let (ChannelKind::Multicast(old), ChannelKind::Multicast(cfg)) = (&running.kind, &channel.kind) {
+            if let (ChannelKind::Multicast(old), ChannelKind::Multicast(cfg)) =
+                (&running.kind, &channel.kind)
+            {
                 if old.group != cfg.group {
                     if let Err(source) = running.output.join_group(cfg.group, cfg.interface) {
                         for (output, group, interface) in joined {
                             let _ = output.leave_group(group, interface);
                         }
-                        return Err(ApplyError::Live { channel: name.clone(), source });
+                        return Err(ApplyError::Live {
+                            channel: name.clone(),
+                            source,
+                        });
                     }
                     joined.push((running.output.clone(), cfg.group, cfg.interface));
                 }
@@ -494,13 +559,18 @@ impl Host {
 
         // 2. Rebinds whose old socket holds the very port: release it, bind, or restore the old one.
         for channel in release_first {
-            let Some(old) = self.channels.remove(&channel.name) else { continue };
+            let Some(old) = self.channels.remove(&channel.name) else {
+                continue;
+            };
             old.cancel.cancel();
             let _ = old.task.await;
             match bind(&channel.kind) {
                 Ok(socket) => fresh.push((channel, socket)),
                 Err(source) => {
-                    let previous = ChannelPlan { name: channel.name.clone(), kind: old.kind.clone() };
+                    let previous = ChannelPlan {
+                        name: channel.name.clone(),
+                        kind: old.kind.clone(),
+                    };
                     let startup = match bind(&old.kind) {
                         Ok(socket) => Startup::Bound(socket),
                         Err(_) => Startup::Retry { strict: false },
@@ -520,14 +590,23 @@ impl Host {
 
         // 3. Commit: live settings in place, new channels in, the board swapped, the old closed.
         for (name, change) in &diff.channels_changed {
-            let ChannelChange::Live(_) = change else { continue };
-            let (Some(running), Some(channel)) = (self.channels.get_mut(name), new.channel(name)) else { continue };
+            let ChannelChange::Live(_) = change else {
+                continue;
+            };
+            let (Some(running), Some(channel)) = (self.channels.get_mut(name), new.channel(name))
+            else {
+                continue;
+            };
             let result = match (&running.kind, &channel.kind) {
-                (ChannelKind::Udp(_), ChannelKind::Udp(cfg)) => cfg.apply_live(name, &running.output),
+                (ChannelKind::Udp(_), ChannelKind::Udp(cfg)) => {
+                    cfg.apply_live(name, &running.output)
+                }
                 (ChannelKind::Multicast(old), ChannelKind::Multicast(cfg)) => {
                     cfg.apply_live(old, name, &running.output)
                 }
-                (ChannelKind::Broadcast(_), ChannelKind::Broadcast(cfg)) => cfg.apply_live(name, &running.output),
+                (ChannelKind::Broadcast(_), ChannelKind::Broadcast(cfg)) => {
+                    cfg.apply_live(name, &running.output)
+                }
                 _ => Ok(()),
             };
             if let Err(e) = result {
@@ -578,7 +657,9 @@ impl Host {
 
     /// Whether the running channel `name` is bound to the port `kind` wants.
     fn holds_port_of(&self, name: &str, kind: &ChannelKind) -> bool {
-        let Some(running) = self.channels.get(name) else { return false };
+        let Some(running) = self.channels.get(name) else {
+            return false;
+        };
         let (old, new) = (bind_address(&running.kind), bind_address(kind));
         new.port() != 0
             && old.port() == new.port()
@@ -609,7 +690,11 @@ struct ReadyOwned {
 
 impl ReadyOwned {
     fn as_ready(&self) -> Ready<'_> {
-        Ready { pid: std::process::id(), channels: &self.channels, metrics: self.metrics }
+        Ready {
+            pid: std::process::id(),
+            channels: &self.channels,
+            metrics: self.metrics,
+        }
     }
 
     fn line(&self) -> String {
@@ -622,7 +707,9 @@ async fn start_metrics(
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     cancel: &CancellationToken,
 ) -> Result<Option<SocketAddr>, MetricsError> {
-    let Some(metrics_plan) = &plan.metrics else { return Ok(None) };
+    let Some(metrics_plan) = &plan.metrics else {
+        return Ok(None);
+    };
     let listener = metrics::bind(metrics_plan.listen).await?;
     let addr = listener.local_addr().ok();
     tokio::spawn(metrics::serve(listener, prometheus, cancel.clone()));

@@ -33,7 +33,10 @@ pub fn watch_file(
     triggers: mpsc::Sender<ReloadTrigger>,
 ) -> Result<Watcher, notify_debouncer_full::notify::Error> {
     let file = absolute(config);
-    let folder = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let folder = file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let name = file.file_name().map(|n| n.to_os_string());
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
         let Ok(events) = result else { return };
@@ -41,11 +44,16 @@ pub fn watch_file(
         // and removals count, or every reload would trigger the next.
         let touches_config = events.iter().any(|e| {
             !matches!(e.kind, EventKind::Access(_))
-                && e.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+                && e.paths
+                    .iter()
+                    .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
         });
         if touches_config {
             // A full queue already holds a pending reload, which will read the newest file.
-            let _ = triggers.try_send(ReloadTrigger { at: Instant::now() - DEBOUNCE, reason: "file saved" });
+            let _ = triggers.try_send(ReloadTrigger {
+                at: Instant::now() - DEBOUNCE,
+                reason: "file saved",
+            });
         }
     })?;
     debouncer.watch(&folder, RecursiveMode::NonRecursive)?;
@@ -86,8 +94,9 @@ pub async fn read_settled(path: &Path) -> io::Result<String> {
         let now = tokio::fs::read(path).await;
         if let (Some(Ok(before)), Ok(current)) = (&last, &now) {
             if before == current {
-                return String::from_utf8(current.clone())
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the file is not UTF-8 text"));
+                return String::from_utf8(current.clone()).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidData, "the file is not UTF-8 text")
+                });
             }
         }
         last = Some(now);
@@ -107,7 +116,10 @@ pub fn watch_scripts(
 ) -> Result<Watcher, notify_debouncer_full::notify::Error> {
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
         let Ok(events) = result else { return };
-        for file in changed_paths(&events).into_iter().filter(|p| p.extension().is_some_and(|x| x == "rhai")) {
+        for file in changed_paths(&events)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "rhai"))
+        {
             scripts.file_changed(&file);
         }
     })?;

@@ -10,7 +10,11 @@ fn kept_fuzz_inputs_still_pass() {
         let path = entry.expect("readable entry").path();
         let data = std::fs::read(&path).expect("readable input");
         let result = std::panic::catch_unwind(|| patchbay::fuzzing::check_datagram(&data));
-        assert!(result.is_ok(), "fuzz regression {} fails again", path.display());
+        assert!(
+            result.is_ok(),
+            "fuzz regression {} fails again",
+            path.display()
+        );
         count += 1;
     }
     assert!(count > 0, "no regression inputs found in {}", dir.display());

@@ -501,7 +501,9 @@ fn every_served_metric_is_in_the_readme() {
     // (their own tests check them by value).
     let absent: Vec<&String> = readme
         .difference(&served)
-        .filter(|name| !name.starts_with("patchbay_script_") && !name.starts_with("patchbay_plugin_"))
+        .filter(|name| {
+            !name.starts_with("patchbay_script_") && !name.starts_with("patchbay_plugin_")
+        })
         .collect();
     assert!(
         absent.is_empty(),

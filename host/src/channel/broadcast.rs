@@ -13,8 +13,8 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::channel::datagram::{
-    self, default_max_datagram, default_retry_ms, BindError, DatagramOutput, DatagramSettings, Format, OwnCheck,
-    OwnDatagrams, Startup,
+    self, default_max_datagram, default_retry_ms, BindError, DatagramOutput, DatagramSettings,
+    Format, OwnCheck, OwnDatagrams, Startup,
 };
 use crate::channel::{ChannelContext, ChannelStatus};
 use crate::config::NetRange;
@@ -57,11 +57,28 @@ impl BroadcastConfig {
     }
 
     pub fn settings(&self, channel: &str) -> DatagramSettings {
-        DatagramSettings::new(channel, &self.allow, self.max_datagram, self.format, self.raw_address.as_deref())
+        DatagramSettings::new(
+            channel,
+            &self.allow,
+            self.max_datagram,
+            self.format,
+            self.raw_address.as_deref(),
+        )
     }
 
-    pub fn output(&self, name: Arc<str>, metrics: ChannelMetrics, own: Arc<OwnDatagrams>) -> DatagramOutput {
-        DatagramOutput::new(name.clone(), self.send, self.settings(&name), metrics, Some(own))
+    pub fn output(
+        &self,
+        name: Arc<str>,
+        metrics: ChannelMetrics,
+        own: Arc<OwnDatagrams>,
+    ) -> DatagramOutput {
+        DatagramOutput::new(
+            name.clone(),
+            self.send,
+            self.settings(&name),
+            metrics,
+            Some(own),
+        )
     }
 
     pub fn apply_live(&self, channel: &str, output: &DatagramOutput) -> io::Result<()> {
@@ -75,9 +92,17 @@ impl BroadcastConfig {
 }
 
 pub fn bind(config: &BroadcastConfig) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(config.listen), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = Socket::new(
+        Domain::for_address(config.listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
     socket.set_broadcast(true)?;
-    datagram::set_buffers(&SockRef::from(&socket), config.recv_buffer, config.send_buffer)?;
+    datagram::set_buffers(
+        &SockRef::from(&socket),
+        config.recv_buffer,
+        config.send_buffer,
+    )?;
     socket.set_nonblocking(true)?;
     socket.bind(&config.listen.into())?;
     UdpSocket::from_std(socket.into())
@@ -99,9 +124,27 @@ pub async fn run(
     mut ctx: ChannelContext,
     startup: Startup,
 ) -> Result<(), BindError> {
-    let status =
-        ChannelStatus { kind: "broadcast", listen: Some(config.listen), local: None, send: config.send, up: false, error: None };
-    let own = OwnCheck { sent: own, ips: local_ips() };
-    datagram::serve(startup, || bind(&config), config.listen, config.retry_ms, &output, Some(own), status, &mut ctx)
-        .await
+    let status = ChannelStatus {
+        kind: "broadcast",
+        listen: Some(config.listen),
+        local: None,
+        send: config.send,
+        up: false,
+        error: None,
+    };
+    let own = OwnCheck {
+        sent: own,
+        ips: local_ips(),
+    };
+    datagram::serve(
+        startup,
+        || bind(&config),
+        config.listen,
+        config.retry_ms,
+        &output,
+        Some(own),
+        status,
+        &mut ctx,
+    )
+    .await
 }

@@ -135,14 +135,22 @@ impl DatagramOutput {
     }
 
     /// Joins a multicast group on the bound socket (a reload joins before it commits).
-    pub fn join_group(&self, group: std::net::Ipv4Addr, interface: std::net::Ipv4Addr) -> io::Result<()> {
+    pub fn join_group(
+        &self,
+        group: std::net::Ipv4Addr,
+        interface: std::net::Ipv4Addr,
+    ) -> io::Result<()> {
         match self.socket() {
             Some(socket) => socket.join_multicast_v4(group, interface),
             None => Ok(()),
         }
     }
 
-    pub fn leave_group(&self, group: std::net::Ipv4Addr, interface: std::net::Ipv4Addr) -> io::Result<()> {
+    pub fn leave_group(
+        &self,
+        group: std::net::Ipv4Addr,
+        interface: std::net::Ipv4Addr,
+    ) -> io::Result<()> {
         match self.socket() {
             Some(socket) => socket.leave_multicast_v4(group, interface),
             None => Ok(()),
@@ -155,8 +163,10 @@ impl DatagramOutput {
 
     /// Live reload: the next datagram in either direction uses the new settings.
     pub fn set_settings(&self, settings: DatagramSettings) {
-        self.raw.store(settings.format == Format::Raw, Ordering::Relaxed);
-        self.max_datagram.store(settings.max_datagram, Ordering::Relaxed);
+        self.raw
+            .store(settings.format == Format::Raw, Ordering::Relaxed);
+        self.max_datagram
+            .store(settings.max_datagram, Ordering::Relaxed);
         self.settings.store(Arc::new(settings));
     }
 
@@ -277,12 +287,20 @@ pub struct DatagramSettings {
 }
 
 impl DatagramSettings {
-    pub fn new(channel: &str, allow: &[NetRange], max_datagram: usize, format: Format, raw_address: Option<&str>) -> Self {
+    pub fn new(
+        channel: &str,
+        allow: &[NetRange],
+        max_datagram: usize,
+        format: Format,
+        raw_address: Option<&str>,
+    ) -> Self {
         DatagramSettings {
             allow: allow.to_vec(),
             max_datagram,
             format,
-            raw_address: raw_address.map(str::to_string).unwrap_or_else(|| format!("/raw/{channel}")),
+            raw_address: raw_address
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("/raw/{channel}")),
         }
     }
 }
@@ -393,7 +411,9 @@ pub async fn serve(
     let socket = match startup {
         Startup::Bound(socket) => Arc::new(socket),
         Startup::Retry { strict } => {
-            match bind_with_retry(ctx, status.kind, what, status.send, retry_ms, strict, bind).await? {
+            match bind_with_retry(ctx, status.kind, what, status.send, retry_ms, strict, bind)
+                .await?
+            {
                 Some(socket) => socket,
                 None => return Ok(()),
             }
@@ -432,23 +452,33 @@ pub async fn serve(
             let max = settings.max_datagram.min(buffer.len() - 1);
             let datagram = &buffer[..len.min(max + 1)];
             if let (Some(own), Some(local)) = (&own, local) {
-                if from.port() == local.port() && own.ips.contains(&from.ip()) && own.sent.take(datagram) {
+                if from.port() == local.port()
+                    && own.ips.contains(&from.ip())
+                    && own.sent.take(datagram)
+                {
                     continue;
                 }
             }
-            if !settings.allow.is_empty() && !settings.allow.iter().any(|net| net.contains(from.ip())) {
+            if !settings.allow.is_empty()
+                && !settings.allow.iter().any(|net| net.contains(from.ip()))
+            {
                 ctx.metrics.disallowed.increment(1);
                 tracing::debug!(channel = %ctx.name, sender = %from, "Dropped a datagram from outside the allow list.");
                 continue;
             }
-            let origin = Origin { channel: ctx.id, addr: from };
+            let origin = Origin {
+                channel: ctx.id,
+                addr: from,
+            };
             if len > max {
                 ctx.inbound.reject_oversize(&origin, max);
                 continue;
             }
             match settings.format {
                 Format::Osc => ctx.inbound.datagram(datagram, origin),
-                Format::Raw => ctx.inbound.raw_datagram(datagram, &settings.raw_address, origin),
+                Format::Raw => ctx
+                    .inbound
+                    .raw_datagram(datagram, &settings.raw_address, origin),
             }
         }
     };

@@ -17,8 +17,8 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::channel::datagram::{
-    self, default_max_datagram, default_retry_ms, BindError, DatagramOutput, DatagramSettings, Format, OwnCheck,
-    OwnDatagrams, Startup,
+    self, default_max_datagram, default_retry_ms, BindError, DatagramOutput, DatagramSettings,
+    Format, OwnCheck, OwnDatagrams, Startup,
 };
 use crate::channel::{ChannelContext, ChannelStatus};
 use crate::config::NetRange;
@@ -79,17 +79,39 @@ impl MulticastConfig {
     }
 
     pub fn settings(&self, channel: &str) -> DatagramSettings {
-        DatagramSettings::new(channel, &self.allow, self.max_datagram, self.format, self.raw_address.as_deref())
+        DatagramSettings::new(
+            channel,
+            &self.allow,
+            self.max_datagram,
+            self.format,
+            self.raw_address.as_deref(),
+        )
     }
 
-    pub fn output(&self, name: Arc<str>, metrics: ChannelMetrics, own: Arc<OwnDatagrams>) -> DatagramOutput {
-        DatagramOutput::new(name.clone(), Some(self.destination()), self.settings(&name), metrics, Some(own))
+    pub fn output(
+        &self,
+        name: Arc<str>,
+        metrics: ChannelMetrics,
+        own: Arc<OwnDatagrams>,
+    ) -> DatagramOutput {
+        DatagramOutput::new(
+            name.clone(),
+            Some(self.destination()),
+            self.settings(&name),
+            metrics,
+            Some(own),
+        )
     }
 
     /// Applies every setting that does not need a new socket: group membership, ttl, loop, buffers,
     /// allow list, format. A new group was already joined (`DatagramOutput::join_group`) before the
     /// reload committed, so a refused join could roll back; here the old group is left.
-    pub fn apply_live(&self, old: &MulticastConfig, channel: &str, output: &DatagramOutput) -> io::Result<()> {
+    pub fn apply_live(
+        &self,
+        old: &MulticastConfig,
+        channel: &str,
+        output: &DatagramOutput,
+    ) -> io::Result<()> {
         if let Some(socket) = output.socket() {
             let socket = SockRef::from(&*socket);
             if old.group != self.group {
@@ -114,7 +136,11 @@ impl MulticastConfig {
 pub fn bind(config: &MulticastConfig) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
-    datagram::set_buffers(&SockRef::from(&socket), config.recv_buffer, config.send_buffer)?;
+    datagram::set_buffers(
+        &SockRef::from(&socket),
+        config.recv_buffer,
+        config.send_buffer,
+    )?;
     socket.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.port)).into())?;
     socket.join_multicast_v4(&config.group, &config.interface)?;
     socket.set_multicast_if_v4(&config.interface)?;
@@ -145,7 +171,19 @@ pub async fn run(
         up: false,
         error: None,
     };
-    let own = OwnCheck { sent: own, ips: vec![IpAddr::V4(config.interface)] };
-    datagram::serve(startup, || bind(&config), destination, config.retry_ms, &output, Some(own), status, &mut ctx)
-        .await
+    let own = OwnCheck {
+        sent: own,
+        ips: vec![IpAddr::V4(config.interface)],
+    };
+    datagram::serve(
+        startup,
+        || bind(&config),
+        destination,
+        config.retry_ms,
+        &output,
+        Some(own),
+        status,
+        &mut ctx,
+    )
+    .await
 }

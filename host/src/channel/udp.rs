@@ -13,7 +13,8 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::channel::datagram::{
-    self, default_max_datagram, default_retry_ms, BindError, DatagramOutput, DatagramSettings, Format, Startup,
+    self, default_max_datagram, default_retry_ms, BindError, DatagramOutput, DatagramSettings,
+    Format, Startup,
 };
 use crate::channel::{ChannelContext, ChannelStatus};
 use crate::config::NetRange;
@@ -63,18 +64,27 @@ impl UdpConfig {
     pub fn bind_address(&self) -> SocketAddr {
         match (self.listen, self.send) {
             (Some(listen), _) => listen,
-            (None, Some(SocketAddr::V6(_))) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+            (None, Some(SocketAddr::V6(_))) => {
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
+            }
             (None, _) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
         }
     }
 
     /// A send-only channel's socket is of its destination's family, so a new family needs a rebind.
     pub fn needs_rebind(&self, new: &UdpConfig) -> bool {
-        self.listen != new.listen || (self.listen.is_none() && self.bind_address() != new.bind_address())
+        self.listen != new.listen
+            || (self.listen.is_none() && self.bind_address() != new.bind_address())
     }
 
     pub fn settings(&self, channel: &str) -> DatagramSettings {
-        DatagramSettings::new(channel, &self.allow, self.max_datagram, self.format, self.raw_address.as_deref())
+        DatagramSettings::new(
+            channel,
+            &self.allow,
+            self.max_datagram,
+            self.format,
+            self.raw_address.as_deref(),
+        )
     }
 
     pub fn output(&self, name: Arc<str>, metrics: ChannelMetrics) -> DatagramOutput {
@@ -96,7 +106,11 @@ impl UdpConfig {
 pub fn bind(config: &UdpConfig) -> io::Result<UdpSocket> {
     let addr = config.bind_address();
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    datagram::set_buffers(&SockRef::from(&socket), config.recv_buffer, config.send_buffer)?;
+    datagram::set_buffers(
+        &SockRef::from(&socket),
+        config.recv_buffer,
+        config.send_buffer,
+    )?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
@@ -109,7 +123,24 @@ pub async fn run(
     mut ctx: ChannelContext,
     startup: Startup,
 ) -> Result<(), BindError> {
-    let status = ChannelStatus { kind: "udp", listen: config.listen, local: None, send: config.send, up: false, error: None };
+    let status = ChannelStatus {
+        kind: "udp",
+        listen: config.listen,
+        local: None,
+        send: config.send,
+        up: false,
+        error: None,
+    };
     let what = config.bind_address();
-    datagram::serve(startup, || bind(&config), what, config.retry_ms, &output, None, status, &mut ctx).await
+    datagram::serve(
+        startup,
+        || bind(&config),
+        what,
+        config.retry_ms,
+        &output,
+        None,
+        status,
+        &mut ctx,
+    )
+    .await
 }

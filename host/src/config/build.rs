@@ -12,14 +12,16 @@ use super::rewrite::{self, Captures};
 use super::suggest::{closest, unknown_key_message};
 use super::yaml::{self, join, Node, Value};
 use super::{ConfigError, ConfigErrors};
-use crate::scheduler::BundleConfig;
 use crate::plugin::{PluginsConfig, PluginsPlan};
+use crate::scheduler::BundleConfig;
 use crate::script::{ScriptsConfig, ScriptsPlan};
 
 /// The yaml_path of problems with the document as a whole (syntax errors, an empty file).
 pub(crate) const DOCUMENT: &str = "(document)";
 
-const TOP_KEYS: &[&str] = &["version", "channels", "routes", "metrics", "bundles", "scripts", "plugins"];
+const TOP_KEYS: &[&str] = &[
+    "version", "channels", "routes", "metrics", "bundles", "scripts", "plugins",
+];
 const ROUTE_KEYS: &[&str] = &[
     "name",
     "match",
@@ -31,7 +33,9 @@ const ROUTE_KEYS: &[&str] = &[
 ];
 /// What a target does; a target has exactly one of these.
 const TARGET_ACTIONS: &[&str] = &["forward", "reply", "script", "plugin"];
-const TARGET_KEYS: &[&str] = &["forward", "reply", "script", "fn", "plugin", "config", "rewrite", "unbundle"];
+const TARGET_KEYS: &[&str] = &[
+    "forward", "reply", "script", "fn", "plugin", "config", "rewrite", "unbundle",
+];
 const METRICS_KEYS: &[&str] = &["listen"];
 
 /// Collects problems for one file.
@@ -910,7 +914,11 @@ fn build_target(
         "plugin" => {
             for key in ["rewrite", "unbundle", "fn"] {
                 if let Some((k, _)) = fields.get(key) {
-                    errs.at(k, &join(path, key), format!("`{key}` does not apply to `plugin` targets"));
+                    errs.at(
+                        k,
+                        &join(path, key),
+                        format!("`{key}` does not apply to `plugin` targets"),
+                    );
                     ok = false;
                 }
             }
@@ -920,7 +928,11 @@ fn build_target(
                 Some((_, v)) => match deserialize_all::<serde_json::Value>(v) {
                     Ok(json @ serde_json::Value::Object(_)) => json.to_string(),
                     Ok(_) => {
-                        errs.at(v, &join(path, "config"), "`config` is a map of the plugin's settings");
+                        errs.at(
+                            v,
+                            &join(path, "config"),
+                            "`config` is a map of the plugin's settings",
+                        );
                         ok = false;
                         "{}".to_string()
                     }
@@ -937,7 +949,11 @@ fn build_target(
         }
         "script" => {
             if let Some((k, _)) = fields.get("config") {
-                errs.at(k, &join(path, "config"), "`config` applies to `plugin` targets");
+                errs.at(
+                    k,
+                    &join(path, "config"),
+                    "`config` applies to `plugin` targets",
+                );
                 ok = false;
             }
             for key in ["rewrite", "unbundle"] {
@@ -953,16 +969,28 @@ fn build_target(
                     ok = false;
                 }
             }
-            let written = expect_text(value, &action_path, "a script file such as `scripts/cues.rhai`", errs)?;
+            let written = expect_text(
+                value,
+                &action_path,
+                "a script file such as `scripts/cues.rhai`",
+                errs,
+            )?;
             let function = match fields.get("fn") {
                 None => "on_message".to_string(),
                 Some((_, v)) => expect_text(v, &join(path, "fn"), "a function name", errs)?,
             };
             let file = scripts.base_dir.join(&written);
-            let module_dir = scripts.dir.clone().or_else(|| file.parent().map(|p| p.to_path_buf()));
+            let module_dir = scripts
+                .dir
+                .clone()
+                .or_else(|| file.parent().map(|p| p.to_path_buf()));
             match crate::script::engine::compile_file(&file, module_dir.as_deref()) {
                 Err(e) if e.line == 0 => {
-                    errs.at(value, &action_path, format!("script `{written}`: {}", e.message));
+                    errs.at(
+                        value,
+                        &action_path,
+                        format!("script `{written}`: {}", e.message),
+                    );
                     ok = false;
                 }
                 Err(e) => {
@@ -976,7 +1004,10 @@ fn build_target(
                     ok = false;
                 }
                 Ok((ast, _)) => {
-                    let params = ast.iter_functions().find(|f| f.name == function).map(|f| f.params.len());
+                    let params = ast
+                        .iter_functions()
+                        .find(|f| f.name == function)
+                        .map(|f| f.params.len());
                     match params {
                         Some(1) | Some(2) => {}
                         Some(n) => {
@@ -991,7 +1022,8 @@ fn build_target(
                             ok = false;
                         }
                         None => {
-                            let mut known: Vec<String> = ast.iter_functions().map(|f| f.name.to_string()).collect();
+                            let mut known: Vec<String> =
+                                ast.iter_functions().map(|f| f.name.to_string()).collect();
                             known.sort();
                             known.dedup();
                             errs.at(
@@ -1000,7 +1032,11 @@ fn build_target(
                                 format!(
                                     "`{written}` has no function `{function}` (it has: {}); write \
                                      `fn {function}(msg) {{ ... }}` or name another with `fn:`",
-                                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                                    if known.is_empty() {
+                                        "none".to_string()
+                                    } else {
+                                        known.join(", ")
+                                    }
                                 ),
                             );
                             ok = false;
@@ -1008,7 +1044,11 @@ fn build_target(
                     }
                 }
             }
-            TargetPlan::Script { file, name: written, function }
+            TargetPlan::Script {
+                file,
+                name: written,
+                function,
+            }
         }
         _ => return None,
     };
@@ -1018,7 +1058,11 @@ fn build_target(
 // ---------------------------------------------------------------------------------------------
 // plugins
 
-fn build_plugins(node: &Node, base_dir: &std::path::Path, errs: &mut Errors) -> Option<PluginsPlan> {
+fn build_plugins(
+    node: &Node,
+    base_dir: &std::path::Path,
+    errs: &mut Errors,
+) -> Option<PluginsPlan> {
     if matches!(node.value, Value::Null) {
         return None;
     }

@@ -8,8 +8,8 @@ use patchbay_plugin_api::osc::Pattern;
 use crate::channel::broadcast::BroadcastConfig;
 use crate::channel::multicast::MulticastConfig;
 use crate::channel::udp::UdpConfig;
-use crate::scheduler::BundleConfig;
 use crate::plugin::PluginsPlan;
+use crate::scheduler::BundleConfig;
 use crate::script::ScriptsPlan;
 
 #[derive(Debug, Clone)]

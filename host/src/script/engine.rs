@@ -10,9 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use patchbay_plugin_api::osc::{encode, encode_message, OscArg, OscBundle, OscMessage, OscPacket, TimeTag};
+use patchbay_plugin_api::osc::{
+    encode, encode_message, OscArg, OscBundle, OscMessage, OscPacket, TimeTag,
+};
 use rhai::module_resolvers::FileModuleResolver;
-use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, Position, Scope, AST, INT};
+use rhai::{
+    Array, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, Position, Scope, AST, INT,
+};
 
 use super::hostname::Hostnames;
 use super::values::{self, SendOscOptions};
@@ -34,7 +38,10 @@ pub struct CompileError {
 
 /// Compiles a script file into a self-contained AST (its imports resolved and embedded now, so a
 /// call never reads a file) and lists the files it imports.
-pub fn compile_file(path: &Path, module_dir: Option<&Path>) -> Result<(AST, Vec<PathBuf>), CompileError> {
+pub fn compile_file(
+    path: &Path,
+    module_dir: Option<&Path>,
+) -> Result<(AST, Vec<PathBuf>), CompileError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| CompileError {
         file: file.clone(),
@@ -45,19 +52,32 @@ pub fn compile_file(path: &Path, module_dir: Option<&Path>) -> Result<(AST, Vec<
     let mut engine = Engine::new();
     set_depths(&mut engine);
     values::register(&mut engine);
-    let dir = module_dir.map(Path::to_path_buf).or_else(|| path.parent().map(Path::to_path_buf)).unwrap_or_default();
+    let dir = module_dir
+        .map(Path::to_path_buf)
+        .or_else(|| path.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
     engine.set_module_resolver(FileModuleResolver::new_with_path(&dir));
-    let mut ast = engine.compile_into_self_contained(&Scope::new(), &text).map_err(|e| {
-        let (message, position) = innermost(&e);
-        let (mut line, mut column) = (position.line().unwrap_or(0), position.position().unwrap_or(0));
-        // Rhai resolves imports without a position: point at the `import` itself.
-        if let (0, EvalAltResult::ErrorModuleNotFound(module, _)) = (line, &*e) {
-            if let Some((l, c)) = locate(&text, &format!("\"{module}\"")) {
-                (line, column) = (l, c);
+    let mut ast = engine
+        .compile_into_self_contained(&Scope::new(), &text)
+        .map_err(|e| {
+            let (message, position) = innermost(&e);
+            let (mut line, mut column) = (
+                position.line().unwrap_or(0),
+                position.position().unwrap_or(0),
+            );
+            // Rhai resolves imports without a position: point at the `import` itself.
+            if let (0, EvalAltResult::ErrorModuleNotFound(module, _)) = (line, &*e) {
+                if let Some((l, c)) = locate(&text, &format!("\"{module}\"")) {
+                    (line, column) = (l, c);
+                }
             }
-        }
-        CompileError { file: file.clone(), line, column, message }
-    })?;
+            CompileError {
+                file: file.clone(),
+                line,
+                column,
+                message,
+            }
+        })?;
     ast.set_source(file);
     Ok((ast, imports_of(&text, &dir, 0)))
 }
@@ -88,7 +108,9 @@ fn imports_of(text: &str, dir: &Path, depth: usize) -> Vec<PathBuf> {
     while let Some(at) = rest.find("import") {
         rest = &rest[at + "import".len()..];
         let trimmed = rest.trim_start();
-        let Some(quoted) = trimmed.strip_prefix('"') else { continue };
+        let Some(quoted) = trimmed.strip_prefix('"') else {
+            continue;
+        };
         let Some(end) = quoted.find('"') else { break };
         let name = &quoted[..end];
         let mut file = dir.join(name);
@@ -116,7 +138,15 @@ pub fn innermost(error: &EvalAltResult) -> (String, Position) {
         EvalAltResult::ErrorInModule(_, inner, _) => innermost(inner),
         // The deadline's own words (the token on_progress returned), not Rhai's "terminated".
         EvalAltResult::ErrorTerminated(token, position) => (token.to_string(), *position),
-        other => (other.to_string().split(" (line ").next().unwrap_or_default().to_string(), other.position()),
+        other => (
+            other
+                .to_string()
+                .split(" (line ")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            other.position(),
+        ),
     }
 }
 
@@ -124,9 +154,8 @@ pub fn innermost(error: &EvalAltResult) -> (String, Position) {
 /// own logic.
 pub fn is_limit(error: &EvalAltResult) -> bool {
     match error {
-        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) => {
-            is_limit(inner)
-        }
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+        | EvalAltResult::ErrorInModule(_, inner, _) => is_limit(inner),
         EvalAltResult::ErrorTooManyOperations(_)
         | EvalAltResult::ErrorTerminated(..)
         | EvalAltResult::ErrorStackOverflow(_)
@@ -147,7 +176,11 @@ pub struct State {
 
 impl State {
     pub fn new(map: Map, max_entries: usize) -> State {
-        State { map: Arc::new(Mutex::new(map)), max_entries, dirty: Arc::new(AtomicBool::new(false)) }
+        State {
+            map: Arc::new(Mutex::new(map)),
+            max_entries,
+            dirty: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub fn snapshot(&self) -> Map {
@@ -160,7 +193,11 @@ impl State {
     }
 
     fn get(&self, key: &str) -> Dynamic {
-        self.map.lock().ok().and_then(|m| m.get(key).cloned()).unwrap_or(Dynamic::UNIT)
+        self.map
+            .lock()
+            .ok()
+            .and_then(|m| m.get(key).cloned())
+            .unwrap_or(Dynamic::UNIT)
     }
 
     fn set(&self, key: ImmutableString, value: Dynamic) -> RhaiResult<()> {
@@ -196,18 +233,31 @@ mod state_api {
 
     #[rhai_fn(pure)]
     pub fn contains(state: &mut State, key: ImmutableString) -> bool {
-        state.map.lock().map(|m| m.contains_key(key.as_str())).unwrap_or(false)
+        state
+            .map
+            .lock()
+            .map(|m| m.contains_key(key.as_str()))
+            .unwrap_or(false)
     }
 
     #[rhai_fn(pure)]
     pub fn remove(state: &mut State, key: ImmutableString) -> Dynamic {
         state.dirty.store(true, Ordering::Relaxed);
-        state.map.lock().ok().and_then(|mut m| m.remove(key.as_str())).unwrap_or(Dynamic::UNIT)
+        state
+            .map
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(key.as_str()))
+            .unwrap_or(Dynamic::UNIT)
     }
 
     #[rhai_fn(pure)]
     pub fn keys(state: &mut State) -> Array {
-        state.map.lock().map(|m| m.keys().map(|k| Dynamic::from(k.to_string())).collect()).unwrap_or_default()
+        state
+            .map
+            .lock()
+            .map(|m| m.keys().map(|k| Dynamic::from(k.to_string())).collect())
+            .unwrap_or_default()
     }
 
     #[rhai_fn(pure)]
@@ -247,10 +297,17 @@ impl Timers {
     /// Takes the timers due at `now`; repeating ones are put back at their next tick, skipping ticks
     /// that were missed (a late timer fires once, not in a burst).
     pub fn take_due(&mut self, now: Instant) -> Vec<(INT, String, Array)> {
-        let due: Vec<INT> = self.entries.iter().filter(|(_, t)| t.due <= now).map(|(id, _)| *id).collect();
+        let due: Vec<INT> = self
+            .entries
+            .iter()
+            .filter(|(_, t)| t.due <= now)
+            .map(|(id, _)| *id)
+            .collect();
         let mut fire = Vec::with_capacity(due.len());
         for id in due {
-            let Some(timer) = self.entries.get_mut(&id) else { continue };
+            let Some(timer) = self.entries.get_mut(&id) else {
+                continue;
+            };
             fire.push((id, timer.function.clone(), timer.args.clone()));
             match timer.period {
                 Some(period) => {
@@ -293,7 +350,12 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(origin: Origin, owner: Arc<str>, ctx: &ScriptContext) -> Peer {
-        Peer { origin, owner, board: ctx.board.clone(), hostnames: ctx.hostnames.clone() }
+        Peer {
+            origin,
+            owner,
+            board: ctx.board.clone(),
+            hostnames: ctx.hostnames.clone(),
+        }
     }
 
     fn reply(&self, bytes: &[u8], osc: bool) -> RhaiResult<INT> {
@@ -309,7 +371,11 @@ impl Peer {
         Ok(bytes.len() as INT)
     }
 
-    fn send_osc_messages(&self, messages: Vec<OscMessage>, options: &SendOscOptions) -> RhaiResult<INT> {
+    fn send_osc_messages(
+        &self,
+        messages: Vec<OscMessage>,
+        options: &SendOscOptions,
+    ) -> RhaiResult<INT> {
         if options.as_bundle {
             let bundle = OscPacket::Bundle(OscBundle {
                 timetag: TimeTag::IMMEDIATELY,
@@ -332,7 +398,9 @@ fn osc_message(address: &str, values: &Array, options: &SendOscOptions) -> RhaiR
     let args = values
         .iter()
         .enumerate()
-        .map(|(i, v)| values::dynamic_to_osc(v, options).map_err(|e| format!("argument {}: {e}", i + 1)))
+        .map(|(i, v)| {
+            values::dynamic_to_osc(v, options).map_err(|e| format!("argument {}: {e}", i + 1))
+        })
         .collect::<Result<Vec<OscArg>, String>>()?;
     Ok(OscMessage::new(address, args))
 }
@@ -343,18 +411,28 @@ fn osc_messages(list: &Array, options: &SendOscOptions) -> RhaiResult<Vec<OscMes
         .enumerate()
         .map(|(i, item)| {
             let pair = item.clone().try_cast::<Array>().ok_or_else(|| {
-                format!("message {} must be [address, [values]], found {}", i + 1, item.type_name())
+                format!(
+                    "message {} must be [address, [values]], found {}",
+                    i + 1,
+                    item.type_name()
+                )
             })?;
-            let address = pair.first().and_then(|a| a.clone().into_immutable_string().ok()).ok_or_else(|| {
-                format!("message {} must start with its address string", i + 1)
-            })?;
+            let address = pair
+                .first()
+                .and_then(|a| a.clone().into_immutable_string().ok())
+                .ok_or_else(|| format!("message {} must start with its address string", i + 1))?;
             let values = match pair.get(1) {
                 None => Array::new(),
                 Some(v) => v.clone().try_cast::<Array>().ok_or_else(|| {
-                    format!("message {}: the values must be an array, found {}", i + 1, v.type_name())
+                    format!(
+                        "message {}: the values must be an array, found {}",
+                        i + 1,
+                        v.type_name()
+                    )
                 })?,
             };
-            osc_message(&address, &values, options).map_err(|e| format!("message {}: {e}", i + 1).into())
+            osc_message(&address, &values, options)
+                .map_err(|e| format!("message {}: {e}", i + 1).into())
         })
         .collect()
 }
@@ -368,7 +446,9 @@ fn to_rhai_error(e: impl std::fmt::Display) -> Box<EvalAltResult> {
 }
 
 fn unix_ms(t: SystemTime) -> INT {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as INT).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as INT)
+        .unwrap_or(0)
 }
 
 fn function_name(f: &Dynamic) -> RhaiResult<String> {
@@ -378,7 +458,9 @@ fn function_name(f: &Dynamic) -> RhaiResult<String> {
     f.clone()
         .into_immutable_string()
         .map(|s| s.to_string())
-        .map_err(|t| format!("a timer needs a function name (a string such as \"tick\"), found {t}").into())
+        .map_err(|t| {
+            format!("a timer needs a function name (a string such as \"tick\"), found {t}").into()
+        })
 }
 
 /// Builds the engine for one script, with its limits and API.
@@ -394,7 +476,9 @@ pub fn build(ctx: &ScriptContext) -> Engine {
     // A wall-clock deadline per call: checked every 1024 operations, so the check costs nothing.
     let (deadline, epoch) = (ctx.deadline.clone(), ctx.epoch);
     engine.on_progress(move |operations| {
-        if operations & 0x3ff == 0 && epoch.elapsed().as_nanos() as u64 > deadline.load(Ordering::Relaxed) {
+        if operations & 0x3ff == 0
+            && epoch.elapsed().as_nanos() as u64 > deadline.load(Ordering::Relaxed)
+        {
             Some(Dynamic::from("the call ran past its deadline (timeout_ms)"))
         } else {
             None
@@ -413,11 +497,20 @@ pub fn build(ctx: &ScriptContext) -> Engine {
 
     // logs and time
     let name = ctx.name.clone();
-    engine.register_fn("log_info", move |v: Dynamic| tracing::info!(script = %name, "{}", values::display(&v)));
+    engine.register_fn(
+        "log_info",
+        move |v: Dynamic| tracing::info!(script = %name, "{}", values::display(&v)),
+    );
     let name = ctx.name.clone();
-    engine.register_fn("log_warn", move |v: Dynamic| tracing::warn!(script = %name, "{}", values::display(&v)));
+    engine.register_fn(
+        "log_warn",
+        move |v: Dynamic| tracing::warn!(script = %name, "{}", values::display(&v)),
+    );
     let name = ctx.name.clone();
-    engine.register_fn("log_error", move |v: Dynamic| tracing::error!(script = %name, "{}", values::display(&v)));
+    engine.register_fn(
+        "log_error",
+        move |v: Dynamic| tracing::error!(script = %name, "{}", values::display(&v)),
+    );
     let name = ctx.name.clone();
     engine.on_print(move |text| tracing::info!(script = %name, "{text}"));
     engine.register_fn("now_ms", || unix_ms(SystemTime::now()));
@@ -428,31 +521,40 @@ pub fn build(ctx: &ScriptContext) -> Engine {
         let message = osc_message(address, &values, &SendOscOptions::default())?;
         let bytes = encode_message(&message);
         let board = board.load();
-        let output = board.output_named(channel).ok_or_else(|| format!("no channel named `{channel}`"))?;
+        let output = board
+            .output_named(channel)
+            .ok_or_else(|| format!("no channel named `{channel}`"))?;
         output.send(&bytes);
         Ok(bytes.len() as INT)
     };
     let send_no_args = send.clone();
     engine.register_fn("send", send);
-    engine.register_fn("send", move |channel: &str, address: &str| send_no_args(channel, address, Array::new()));
-    let board = ctx.board.clone();
-    engine.register_fn("send_bundle", move |channel: &str, delay_ms: INT, list: Array| -> RhaiResult<INT> {
-        let messages = osc_messages(&list, &SendOscOptions::default())?;
-        let timetag = if delay_ms <= 0 {
-            TimeTag::IMMEDIATELY
-        } else {
-            TimeTag::after(SystemTime::now(), Duration::from_millis(delay_ms as u64))
-        };
-        let bundle = OscPacket::Bundle(OscBundle {
-            timetag,
-            content: messages.into_iter().map(OscPacket::Message).collect(),
-        });
-        let bytes = encode(&bundle);
-        let board = board.load();
-        let output = board.output_named(channel).ok_or_else(|| format!("no channel named `{channel}`"))?;
-        output.send(&bytes);
-        Ok(bytes.len() as INT)
+    engine.register_fn("send", move |channel: &str, address: &str| {
+        send_no_args(channel, address, Array::new())
     });
+    let board = ctx.board.clone();
+    engine.register_fn(
+        "send_bundle",
+        move |channel: &str, delay_ms: INT, list: Array| -> RhaiResult<INT> {
+            let messages = osc_messages(&list, &SendOscOptions::default())?;
+            let timetag = if delay_ms <= 0 {
+                TimeTag::IMMEDIATELY
+            } else {
+                TimeTag::after(SystemTime::now(), Duration::from_millis(delay_ms as u64))
+            };
+            let bundle = OscPacket::Bundle(OscBundle {
+                timetag,
+                content: messages.into_iter().map(OscPacket::Message).collect(),
+            });
+            let bytes = encode(&bundle);
+            let board = board.load();
+            let output = board
+                .output_named(channel)
+                .ok_or_else(|| format!("no channel named `{channel}`"))?;
+            output.send(&bytes);
+            Ok(bytes.len() as INT)
+        },
+    );
 
     // timers
     for (fn_name, repeat) in [("after", false), ("every", true)] {
@@ -462,38 +564,62 @@ pub fn build(ctx: &ScriptContext) -> Engine {
             let function = function_name(&function)?;
             let mut timers = timers.lock().map_err(|_| "timers are unavailable")?;
             if timers.entries.len() >= max {
-                return Err(format!("too many timers ({max}, limit max_timers); cancel some first").into());
+                return Err(format!(
+                    "too many timers ({max}, limit max_timers); cancel some first"
+                )
+                .into());
             }
             let period = Duration::from_millis(ms.max(1) as u64);
             timers.next_id += 1;
             let id = timers.next_id;
-            let timer = Timer { due: Instant::now() + period, period: repeat.then_some(period), function, args };
+            let timer = Timer {
+                due: Instant::now() + period,
+                period: repeat.then_some(period),
+                function,
+                args,
+            };
             timers.entries.insert(id, timer);
             Ok(id)
         };
         let add_no_args = add.clone();
         engine.register_fn(fn_name, add);
-        engine.register_fn(fn_name, move |ms: INT, function: Dynamic| add_no_args(ms, function, Array::new()));
+        engine.register_fn(fn_name, move |ms: INT, function: Dynamic| {
+            add_no_args(ms, function, Array::new())
+        });
     }
     let timers = ctx.timers.clone();
-    engine.register_fn("cancel", move |id: INT| timers.lock().map(|mut t| t.entries.remove(&id).is_some()).unwrap_or(false));
+    engine.register_fn("cancel", move |id: INT| {
+        timers
+            .lock()
+            .map(|mut t| t.entries.remove(&id).is_some())
+            .unwrap_or(false)
+    });
 
     // peer
     engine.register_type_with_name::<Peer>("Peer");
     engine.register_get("address", |p: &mut Peer| p.origin.addr.ip().to_string());
     engine.register_get("port", |p: &mut Peer| p.origin.addr.port() as INT);
-    engine.register_get("hostname", |p: &mut Peer| p.hostnames.get(p.origin.addr.ip()).to_string());
+    engine.register_get("hostname", |p: &mut Peer| {
+        p.hostnames.get(p.origin.addr.ip()).to_string()
+    });
     engine.register_get("owner", |p: &mut Peer| p.owner.to_string());
-    engine.register_fn("to_string", |p: &mut Peer| format!("peer {} on {}", p.origin.addr, p.owner));
-    engine.register_fn("to_debug", |p: &mut Peer| format!("peer {} on {}", p.origin.addr, p.owner));
+    engine.register_fn("to_string", |p: &mut Peer| {
+        format!("peer {} on {}", p.origin.addr, p.owner)
+    });
+    engine.register_fn("to_debug", |p: &mut Peer| {
+        format!("peer {} on {}", p.origin.addr, p.owner)
+    });
     engine.register_fn("send_osc", |p: &mut Peer, address: &str, values: Array| {
         let options = SendOscOptions::default();
         p.send_osc_messages(vec![osc_message(address, &values, &options)?], &options)
     });
-    engine.register_fn("send_osc", |p: &mut Peer, address: &str, values: Array, opts: Map| {
-        let options = options(&opts)?;
-        p.send_osc_messages(vec![osc_message(address, &values, &options)?], &options)
-    });
+    engine.register_fn(
+        "send_osc",
+        |p: &mut Peer, address: &str, values: Array, opts: Map| {
+            let options = options(&opts)?;
+            p.send_osc_messages(vec![osc_message(address, &values, &options)?], &options)
+        },
+    );
     engine.register_fn("send_osc", |p: &mut Peer, list: Array| {
         let options = SendOscOptions::default();
         p.send_osc_messages(osc_messages(&list, &options)?, &options)
@@ -503,17 +629,28 @@ pub fn build(ctx: &ScriptContext) -> Engine {
         p.send_osc_messages(osc_messages(&list, &options)?, &options)
     });
     engine.register_fn("send_bytes", |p: &mut Peer, values: Array| {
-        p.reply(&values::bytes_for_send_bytes(&values).map_err(to_rhai_error)?, false)
+        p.reply(
+            &values::bytes_for_send_bytes(&values).map_err(to_rhai_error)?,
+            false,
+        )
     });
     engine.register_fn("send", |p: &mut Peer, strings: Array| {
-        p.reply(&values::bytes_for_send(&strings, None).map_err(to_rhai_error)?, false)
+        p.reply(
+            &values::bytes_for_send(&strings, None).map_err(to_rhai_error)?,
+            false,
+        )
     });
     engine.register_fn("send", |p: &mut Peer, strings: Array, terminator: &str| {
-        p.reply(&values::bytes_for_send(&strings, Some(terminator)).map_err(to_rhai_error)?, false)
+        p.reply(
+            &values::bytes_for_send(&strings, Some(terminator)).map_err(to_rhai_error)?,
+            false,
+        )
     });
     engine.register_fn("close", |p: &mut Peer| {
         let board = p.board.load();
-        board.output(p.origin.channel).is_some_and(|o| o.close(&p.origin))
+        board
+            .output(p.origin.channel)
+            .is_some_and(|o| o.close(&p.origin))
     });
     engine
 }
@@ -522,14 +659,31 @@ pub fn build(ctx: &ScriptContext) -> Engine {
 pub fn message_map(message: &super::ScriptMessage, peer: Peer) -> Map {
     let mut map = Map::new();
     map.insert("address".into(), message.address.clone().into());
-    map.insert("args".into(), message.args.iter().map(values::osc_to_dynamic).collect::<Array>().into());
+    map.insert(
+        "args".into(),
+        message
+            .args
+            .iter()
+            .map(values::osc_to_dynamic)
+            .collect::<Array>()
+            .into(),
+    );
     map.insert("type_tags".into(), message.type_tags.clone().into());
     map.insert("channel".into(), message.channel.to_string().into());
     map.insert("route".into(), message.route.to_string().into());
     map.insert("received_ms".into(), Dynamic::from(message.received_ms));
-    let parts: Array = message.address.split('/').filter(|p| !p.is_empty()).map(|p| Dynamic::from(p.to_string())).collect();
+    let parts: Array = message
+        .address
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(|p| Dynamic::from(p.to_string()))
+        .collect();
     map.insert("parts".into(), parts.into());
-    let captures: Array = message.captures.iter().map(|c| Dynamic::from(c.clone())).collect();
+    let captures: Array = message
+        .captures
+        .iter()
+        .map(|c| Dynamic::from(c.clone()))
+        .collect();
     map.insert("captures".into(), captures.into());
     map.insert("peer".into(), Dynamic::from(peer));
     map

@@ -19,17 +19,25 @@ impl Hostnames {
         let names: Arc<DashMap<IpAddr, Arc<str>>> = Arc::new(DashMap::new());
         let (lookups, wanted) = channel::<IpAddr>();
         let filled = names.clone();
-        let spawned = std::thread::Builder::new().name("patchbay hostnames".into()).spawn(move || {
-            for ip in wanted {
-                if let Ok(name) = dns_lookup::lookup_addr(&ip) {
-                    filled.insert(ip, name.into());
+        let spawned = std::thread::Builder::new()
+            .name("patchbay hostnames".into())
+            .spawn(move || {
+                for ip in wanted {
+                    if let Ok(name) = dns_lookup::lookup_addr(&ip) {
+                        filled.insert(ip, name.into());
+                    }
                 }
-            }
-        });
+            });
         if let Err(e) = spawned {
-            tracing::warn!("Cannot start the hostname resolver ({e}); peer.hostname will be the address.");
+            tracing::warn!(
+                "Cannot start the hostname resolver ({e}); peer.hostname will be the address."
+            );
         }
-        Hostnames { names, asked: Mutex::new(HashSet::new()), lookups: Mutex::new(lookups) }
+        Hostnames {
+            names,
+            asked: Mutex::new(HashSet::new()),
+            lookups: Mutex::new(lookups),
+        }
     }
 
     /// The name of `ip` if known, else its address (and a lookup is started for next time).
@@ -40,7 +48,11 @@ impl Hostnames {
         if let Some(name) = self.names.get(&ip) {
             return name.clone();
         }
-        let first_time = self.asked.lock().map(|mut asked| asked.insert(ip)).unwrap_or(false);
+        let first_time = self
+            .asked
+            .lock()
+            .map(|mut asked| asked.insert(ip))
+            .unwrap_or(false);
         if first_time {
             if let Ok(lookups) = self.lookups.lock() {
                 let _ = lookups.send(ip);

@@ -145,13 +145,21 @@ pub struct ScriptsPlan {
 
 impl ScriptsPlan {
     pub fn new(base_dir: &Path, config: ScriptsConfig) -> Self {
-        ScriptsPlan { base_dir: base_dir.to_path_buf(), dir: config.dir.as_ref().map(|d| base_dir.join(d)), config }
+        ScriptsPlan {
+            base_dir: base_dir.to_path_buf(),
+            dir: config.dir.as_ref().map(|d| base_dir.join(d)),
+            config,
+        }
     }
 
     /// The per-file entry for `script` (a path as resolved from a route target), if `files:` has one.
     fn file(&self, script: &Path) -> Option<&FileConfig> {
         let dir = self.dir.as_ref()?;
-        self.config.files.iter().find(|(name, _)| dir.join(name) == script).map(|(_, f)| f)
+        self.config
+            .files
+            .iter()
+            .find(|(name, _)| dir.join(name) == script)
+            .map(|(_, f)| f)
     }
 
     pub fn limits(&self, script: &Path) -> Limits {
@@ -169,8 +177,14 @@ impl ScriptsPlan {
     /// Where a persisted script's state is kept: beside the config, out of the scripts folder so a
     /// state save never looks like a script edit.
     pub fn state_file(&self, script: &Path) -> PathBuf {
-        let name = script.strip_prefix(&self.base_dir).unwrap_or(script).to_string_lossy().replace(['/', '\\'], "_");
-        self.base_dir.join(".patchbay-state").join(format!("{name}.json"))
+        let name = script
+            .strip_prefix(&self.base_dir)
+            .unwrap_or(script)
+            .to_string_lossy()
+            .replace(['/', '\\'], "_");
+        self.base_dir
+            .join(".patchbay-state")
+            .join(format!("{name}.json"))
     }
 }
 
@@ -190,8 +204,14 @@ pub struct ScriptMessage {
 }
 
 pub(crate) enum Job {
-    Call { function: Arc<str>, message: ScriptMessage },
-    Swap { ast: Box<rhai::AST>, imports: Vec<PathBuf> },
+    Call {
+        function: Arc<str>,
+        message: ScriptMessage,
+    },
+    Swap {
+        ast: Box<rhai::AST>,
+        imports: Vec<PathBuf>,
+    },
     /// Run `init()`: sent once the host is ready (channels bound, routes in place), so what `init`
     /// sends has somewhere to go.
     Init,
@@ -261,7 +281,12 @@ impl ScriptHandle {
     }
 
     fn uses(&self, file: &Path) -> bool {
-        self.path == file || self.imports.lock().map(|i| i.iter().any(|p| p == file)).unwrap_or(false)
+        self.path == file
+            || self
+                .imports
+                .lock()
+                .map(|i| i.iter().any(|p| p == file))
+                .unwrap_or(false)
     }
 }
 
@@ -312,7 +337,10 @@ impl ScriptHost {
             handle: handle.clone(),
             inbox,
             limits,
-            module_dir: plan.dir.clone().or_else(|| path.parent().map(Path::to_path_buf)),
+            module_dir: plan
+                .dir
+                .clone()
+                .or_else(|| path.parent().map(Path::to_path_buf)),
             persist,
             board: self.board.clone(),
             hostnames: self.hostnames.clone(),
@@ -330,15 +358,25 @@ impl ScriptHost {
             let scripts = self.scripts.lock().unwrap_or_else(|e| e.into_inner());
             scripts.values().filter(|h| h.uses(file)).cloned().collect()
         };
-        let module_dir = self.plan.lock().unwrap_or_else(|e| e.into_inner()).dir.clone();
+        let module_dir = self
+            .plan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dir
+            .clone();
         for handle in handles {
             let started = Instant::now();
-            let dir = module_dir.clone().or_else(|| handle.path.parent().map(Path::to_path_buf));
+            let dir = module_dir
+                .clone()
+                .or_else(|| handle.path.parent().map(Path::to_path_buf));
             match engine::compile_file(&handle.path, dir.as_deref()) {
                 Ok((ast, imports)) => {
                     *handle.imports.lock().unwrap_or_else(|e| e.into_inner()) = imports.clone();
                     // Blocking send: a reload must not be lost behind a full message queue.
-                    let _ = handle.jobs.send(Job::Swap { ast: Box::new(ast), imports });
+                    let _ = handle.jobs.send(Job::Swap {
+                        ast: Box::new(ast),
+                        imports,
+                    });
                     tracing::debug!(script = %handle.name, ms = started.elapsed().as_millis() as u64, "Compiled the saved script.");
                 }
                 Err(e) => {
@@ -357,7 +395,10 @@ impl ScriptHost {
     pub fn init_new(&self) {
         let scripts = self.scripts.lock().unwrap_or_else(|e| e.into_inner());
         for handle in scripts.values() {
-            if !handle.initialised.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            if !handle
+                .initialised
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
                 let _ = handle.jobs.send(Job::Init);
             }
         }
@@ -365,15 +406,24 @@ impl ScriptHost {
 
     /// Stops every script and waits (a bounded time) for each to save its state.
     pub fn shutdown(&self) {
-        let scripts: Vec<Arc<ScriptHandle>> =
-            self.scripts.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let scripts: Vec<Arc<ScriptHandle>> = self
+            .scripts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for handle in &scripts {
             // A full queue means the script is busy; it saves within a second anyway.
             let _ = handle.jobs.try_send(Job::Stop);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         for handle in &scripts {
-            let thread = handle.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let thread = handle
+                .thread
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             if let Some(thread) = thread {
                 while !thread.is_finished() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(5));
@@ -388,7 +438,12 @@ impl ScriptHost {
         if let Some(dir) = plan.dir {
             folders.push(dir);
         }
-        for handle in self.scripts.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        for handle in self
+            .scripts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
             if let Some(parent) = handle.path.parent() {
                 if !folders.iter().any(|f| parent.starts_with(f)) {
                     folders.push(parent.to_path_buf());

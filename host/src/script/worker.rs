@@ -29,7 +29,10 @@ pub(crate) struct WorkerSetup {
 pub(crate) fn spawn(setup: WorkerSetup) -> Option<std::thread::JoinHandle<()>> {
     let name = format!("script {}", setup.handle.name);
     let script = setup.handle.name.clone();
-    match std::thread::Builder::new().name(name).spawn(move || Worker::start(setup).run()) {
+    match std::thread::Builder::new()
+        .name(name)
+        .spawn(move || Worker::start(setup).run())
+    {
         Ok(thread) => Some(thread),
         Err(e) => {
             tracing::error!(script = %script, "Cannot start the script's thread: {e}. Its routes do nothing.");
@@ -61,7 +64,10 @@ struct Worker {
 
 impl Worker {
     fn start(setup: WorkerSetup) -> Worker {
-        let state = State::new(load_state(setup.persist.as_deref(), &setup.handle.name), setup.limits.max_state_entries);
+        let state = State::new(
+            load_state(setup.persist.as_deref(), &setup.handle.name),
+            setup.limits.max_state_entries,
+        );
         let ctx = ScriptContext {
             name: setup.handle.name.clone(),
             board: setup.board,
@@ -89,7 +95,11 @@ impl Worker {
         };
         match engine::compile_file(&worker.handle.path, setup.module_dir.as_deref()) {
             Ok((ast, imports)) => {
-                *worker.handle.imports.lock().unwrap_or_else(|e| e.into_inner()) = imports;
+                *worker
+                    .handle
+                    .imports
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = imports;
                 worker.install(ast);
             }
             Err(e) => {
@@ -105,7 +115,10 @@ impl Worker {
 
     fn install(&mut self, ast: AST) {
         self.source = std::fs::read_to_string(&self.handle.path).unwrap_or_default();
-        self.functions = ast.iter_functions().map(|f| (f.name.to_string(), f.params.len())).collect();
+        self.functions = ast
+            .iter_functions()
+            .map(|f| (f.name.to_string(), f.params.len()))
+            .collect();
         self.ast = Some(ast);
     }
 
@@ -119,7 +132,11 @@ impl Worker {
             match self.inbox.recv_timeout(wait) {
                 Ok(Job::Call { function, message }) => self.call_message(&function, message),
                 Ok(Job::Swap { ast, imports }) => {
-                    *self.handle.imports.lock().unwrap_or_else(|e| e.into_inner()) = imports;
+                    *self
+                        .handle
+                        .imports
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = imports;
                     self.install(*ast);
                     tracing::info!(script = %self.handle.name, "Reloaded the script; its state and timers are kept.");
                     if self.init_done {
@@ -206,13 +223,24 @@ impl Worker {
         let ast = self.ast.as_ref()?;
         let started = Instant::now();
         let deadline = self.ctx.epoch.elapsed() + self.ctx.limits.timeout;
-        self.ctx.deadline.store(deadline.as_nanos() as u64, Ordering::Relaxed);
+        self.ctx
+            .deadline
+            .store(deadline.as_nanos() as u64, Ordering::Relaxed);
         self.handle.metrics.calls.increment(1);
         // Per-message calls never re-run the script's top level.
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
-        let result = self.engine.call_fn_with_options::<Dynamic>(options, &mut self.scope, ast, function, args);
+        let result = self.engine.call_fn_with_options::<Dynamic>(
+            options,
+            &mut self.scope,
+            ast,
+            function,
+            args,
+        );
         self.ctx.deadline.store(u64::MAX, Ordering::Relaxed);
-        self.handle.metrics.duration.record(started.elapsed().as_secs_f64());
+        self.handle
+            .metrics
+            .duration
+            .record(started.elapsed().as_secs_f64());
         match result {
             Ok(value) => Some(value),
             Err(error) => {
@@ -241,7 +269,11 @@ impl Worker {
         } else {
             self.handle.path.display().to_string()
         };
-        let kind = if limit { "stopped by a limit" } else { "failed" };
+        let kind = if limit {
+            "stopped by a limit"
+        } else {
+            "failed"
+        };
         let name = &self.handle.name;
         self.error_log.log(|suppressed| {
             tracing::error!(
@@ -272,11 +304,19 @@ fn load_state(path: Option<&std::path::Path>, script: &str) -> Map {
         Ok(bytes) => match serde_json::from_slice::<Dynamic>(&bytes).map(|d| d.try_cast::<Map>()) {
             Ok(Some(map)) => map,
             Ok(None) => {
-                tracing::warn!(script, "Ignoring the saved state in {}: it is not a map.", path.display());
+                tracing::warn!(
+                    script,
+                    "Ignoring the saved state in {}: it is not a map.",
+                    path.display()
+                );
                 Map::new()
             }
             Err(e) => {
-                tracing::warn!(script, "Ignoring the saved state in {}: {e}.", path.display());
+                tracing::warn!(
+                    script,
+                    "Ignoring the saved state in {}: {e}.",
+                    path.display()
+                );
                 Map::new()
             }
         },
@@ -289,7 +329,8 @@ fn write_state(path: &std::path::Path, state: &Map) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let json = serde_json::to_vec_pretty(&Dynamic::from_map(state.clone())).map_err(std::io::Error::other)?;
+    let json = serde_json::to_vec_pretty(&Dynamic::from_map(state.clone()))
+        .map_err(std::io::Error::other)?;
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, json)?;
     std::fs::rename(tmp, path)
