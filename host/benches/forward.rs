@@ -2,8 +2,8 @@
 //! with the floor, a relay that forwards bytes without looking at them.
 //!
 //! ```text
-//! cargo bench -p patchbay --bench forward                                  # full run, ~1 min
-//! cargo bench -p patchbay --bench forward -- --quick                       # CI smoke run, ~10 s
+//! cargo bench -p patchbay --bench forward                                  # full run, ~3 min
+//! cargo bench -p patchbay --bench forward -- --quick                       # CI smoke run, ~15 s
 //! cargo bench -p patchbay --bench forward -- --write docs/benchmarks.md    # also write the results
 //! cargo bench -p patchbay --bench forward -- --wait-quiet 300 --write docs/benchmarks.md
 //! ```
@@ -28,6 +28,11 @@
 //! - (c) `RouteTable::find` alone at 50, 1,000 and 10,000 routes (64% literal, 36% pattern), and the
 //!   whole in-memory dispatch path (decode + route + an output that only counts) at 50 routes: the
 //!   host's own cost per message with no system call in it, to compare with (b) minus (a).
+//! - (d) live reloads (issue 4): save-to-applied time seen on the wire, and the forward route's CPU
+//!   per message while the config is rewritten every 100 ms vs without; (e) a route to a script that
+//!   re-sends each message (issue 5) and (f) a route through the `scale` plugin (issue 6), each
+//!   against the plain forward route in the same patchbay, with the CPU of the script or plugin
+//!   thread counted; and the Rhai call on its own. See `forward/extra.rs`.
 //!
 //! Relative `--write` paths are resolved against the workspace root (cargo runs benches from the
 //! package folder).
@@ -53,6 +58,9 @@ use patchbay::scheduler::Scheduler;
 use patchbay::RunOptions;
 use patchbay_plugin_api::osc::{DecodeLimits, PacketRef};
 use tokio_util::sync::CancellationToken;
+
+#[path = "forward/extra.rs"]
+mod extra;
 
 /// The address the traffic uses; it matches the pattern route `/bench/*/level` and nothing else.
 const TRAFFIC_ADDRESS: &str = "/bench/3/level";
@@ -157,11 +165,17 @@ fn main() {
             runs.push((kind, result));
         }
     }
-    let _ = std::fs::remove_dir_all(&workdir);
+    let extra_params = if quick {
+        extra::ExtraParams::quick()
+    } else {
+        extra::ExtraParams::full()
+    };
+    let extras = extra::measure(&params, &extra_params, &workdir, placement, wait_quiet);
 
     eprintln!("  route table and dispatch path (no I/O) ...");
     let lookups = measure_lookups(&params);
     let dispatch = measure_dispatch(&params);
+    let _ = std::fs::remove_dir_all(&workdir);
 
     let report = Report {
         quick,
@@ -170,6 +184,8 @@ fn main() {
         runs: &runs,
         lookups: &lookups,
         dispatch: &dispatch,
+        extras: &extras,
+        extra_params: &extra_params,
     };
     let text = report.text();
     println!("\n{text}");
@@ -408,9 +424,16 @@ fn patchbay_config(routes: usize, sink: SocketAddr) -> String {
 /// (b) patchbay in-process, exactly as `patchbay run --ready-file` would start it, minus the CLI.
 fn start_patchbay(sink: SocketAddr, workdir: &Path, run: usize, cpu: Option<usize>) -> Relay {
     let config = workdir.join(format!("run{run}.yaml"));
-    let ready_file = workdir.join(format!("run{run}.ready.json"));
+    start_patchbay_with(&config, &patchbay_config(50, sink), cpu)
+}
+
+/// Patchbay in-process from `yaml` written to `config` (the ready file goes beside it), its `desk`
+/// channel the relay's input.
+fn start_patchbay_with(config: &Path, yaml: &str, cpu: Option<usize>) -> Relay {
+    let ready_file = config.with_extension("ready.json");
     let _ = std::fs::remove_file(&ready_file);
-    std::fs::write(&config, patchbay_config(50, sink)).expect("write the config");
+    std::fs::write(config, yaml).expect("write the config");
+    let config = config.to_path_buf();
     let options = RunOptions {
         config,
         ready_file: Some(ready_file.clone()),
@@ -640,8 +663,18 @@ impl Accumulated {
 }
 
 fn message(seq: u64) -> [u8; MESSAGE_LEN] {
+    message_to(TRAFFIC_ADDRESS, seq)
+}
+
+/// The bench message with another address of the same padded length (13 to 15 characters), so every
+/// route's traffic is the same size.
+fn message_to(address: &str, seq: u64) -> [u8; MESSAGE_LEN] {
+    assert!(
+        (13..16).contains(&address.len()),
+        "{address} pads to 16 bytes"
+    );
     let mut m = [0u8; MESSAGE_LEN];
-    m[..TRAFFIC_ADDRESS.len()].copy_from_slice(TRAFFIC_ADDRESS.as_bytes()); // padded to 16
+    m[..address.len()].copy_from_slice(address.as_bytes()); // padded to 16
     m[16..20].copy_from_slice(b",ifh"); // padded to 8
     m[24..28].copy_from_slice(&3i32.to_be_bytes());
     m[28..32].copy_from_slice(&0.75f32.to_be_bytes());
@@ -742,11 +775,10 @@ impl Sink {
             let at = epoch.elapsed().as_nanos() as u64;
             last_activity = Instant::now();
             for (i, header) in headers[..n as usize].iter().enumerate() {
-                if header.msg_len as usize != MESSAGE_LEN {
+                let len = (header.msg_len as usize).min(SINK_SLOT);
+                let Some(seq) = sequence_number(&buffers[i * SINK_SLOT..][..len]) else {
                     continue;
-                }
-                let slot = &buffers[i * SINK_SLOT..][SEQ_OFFSET..MESSAGE_LEN];
-                let seq = u64::from_be_bytes(slot.try_into().expect("8 bytes"));
+                };
                 if let Some(arrival) = arrivals.get_mut(seq as usize) {
                     if *arrival == u64::MAX {
                         *arrival = at;
@@ -764,6 +796,22 @@ impl Sink {
     }
 }
 
+/// The sequence number of a bench message as it reaches the sink: the int64 of `,ifh` (forwarded, or
+/// `,ffh` from the scale plugin), or an int32 when a script re-sent it (a script's `send` infers the
+/// narrowest integer, so `,ifh` comes back as `,ifi`, 36 bytes).
+fn sequence_number(datagram: &[u8]) -> Option<u64> {
+    match (datagram.len(), datagram.get(19)) {
+        (MESSAGE_LEN, Some(b'h')) => Some(u64::from_be_bytes(
+            datagram[SEQ_OFFSET..MESSAGE_LEN].try_into().ok()?,
+        )),
+        (36, Some(b'i')) => {
+            let seq = i32::from_be_bytes(datagram[SEQ_OFFSET..36].try_into().ok()?);
+            u64::try_from(seq).ok()
+        }
+        _ => None,
+    }
+}
+
 struct Blasted {
     received: u64,
     first_send_ns: u64,
@@ -778,6 +826,17 @@ struct Blasted {
 /// 100 ms, not less, because on a shared machine the relay thread can be descheduled for several ms,
 /// and refilling the window behind its back would overflow its socket and create the loss we count.
 fn blast(sink: &Sink, sender: &StdUdpSocket, to: SocketAddr, n: u64) -> Blasted {
+    blast_address(sink, sender, to, n, TRAFFIC_ADDRESS)
+}
+
+/// `blast` with messages to another address (another route).
+fn blast_address(
+    sink: &Sink,
+    sender: &StdUdpSocket,
+    to: SocketAddr,
+    n: u64,
+    address: &str,
+) -> Blasted {
     let count = AtomicU64::new(0);
     let done = AtomicBool::new(false);
     let epoch = Instant::now();
@@ -803,7 +862,7 @@ fn blast(sink: &Sink, sender: &StdUdpSocket, to: SocketAddr, n: u64) -> Blasted 
                 }
                 thread::sleep(Duration::from_micros(20));
             }
-            let _ = sender.send_to(&message(seq), to);
+            let _ = sender.send_to(&message_to(address, seq), to);
         }
         done.store(true, Ordering::Release);
         let received = collector.join().expect("sink thread");
@@ -1023,11 +1082,11 @@ fn measure_lookups(params: &Params) -> Vec<Lookups> {
 }
 
 /// An output that only counts: the dispatch path with the system call taken out.
-struct CountingOutput(AtomicU64);
+struct CountingOutput(AtomicU64, &'static str);
 
 impl Output for CountingOutput {
     fn name(&self) -> &str {
-        "lights"
+        self.1
     }
     fn send(&self, packet: &[u8]) {
         self.0.fetch_add(packet.len() as u64, Ordering::Relaxed);
@@ -1047,7 +1106,7 @@ struct DispatchCost {
 fn measure_dispatch(params: &Params) -> DispatchCost {
     let plan = bench_plan(50);
     let table = RouteTable::build(&plan.routes, channel_id);
-    let output = Arc::new(CountingOutput(AtomicU64::new(0)));
+    let output = Arc::new(CountingOutput(AtomicU64::new(0), "lights"));
     let board = Switchboard::new(
         1,
         table,
@@ -1153,6 +1212,8 @@ struct Report<'a> {
     runs: &'a [(Kind, RelayRun)],
     lookups: &'a [Lookups],
     dispatch: &'a DispatchCost,
+    extras: &'a extra::Extras,
+    extra_params: &'a extra::ExtraParams,
 }
 
 impl Report<'_> {
@@ -1346,7 +1407,11 @@ impl Report<'_> {
         t.push_str("\n\n");
         t.push_str(&self.table());
         t.push('\n');
+        t.push_str(&self.extras.table());
+        t.push('\n');
         t.push_str(&self.runs_table());
+        t.push('\n');
+        t.push_str(&self.extras.runs_table());
         t
     }
 
@@ -1375,8 +1440,12 @@ impl Report<'_> {
         md.push_str("- all traffic on 127.0.0.1; release profile\n\n");
         md.push_str("## Results\n\n");
         md.push_str(&self.table());
+        md.push_str("\n### Live reload, script and plugin targets (issues 4, 5, 6)\n\n");
+        md.push_str(&self.extras.table());
         md.push_str("\n### Every run\n\n");
         md.push_str(&self.runs_table());
+        md.push('\n');
+        md.push_str(&self.extras.runs_table());
         md.push_str("\n## Method\n\n");
         let _ = writeln!(
             md,
@@ -1462,6 +1531,7 @@ impl Report<'_> {
              `Dispatcher::datagram` is the whole host path for one message with an output that only \
              counts bytes: what patchbay adds on top of the two system calls.\n",
         );
+        md.push_str(&self.extras.method(p, self.extra_params));
         md
     }
 }
