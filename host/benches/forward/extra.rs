@@ -521,9 +521,8 @@ pub(super) struct TargetRun {
     pub(super) neighbours: f64,
 }
 
-/// The scale plugin, built by cargo (release) and copied into a private plugins folder (mode 0755;
-/// patchbay refuses a folder other users can write to).
-fn scale_plugin(workdir: &Path) -> Result<PathBuf, String> {
+/// The scale plugin, built by cargo (release); `install_plugin` copies it into a plugins folder.
+fn scale_plugin() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(&cargo)
         .args([
@@ -561,13 +560,19 @@ fn scale_plugin(workdir: &Path) -> Result<PathBuf, String> {
             })
         })
         .ok_or("cargo did not name the scale library")?;
+    Ok(library)
+}
+
+/// A plugins folder (mode 0755; patchbay refuses a folder other users can write to) holding the
+/// library.
+fn install_plugin(library: &Path, workdir: &Path) -> Result<PathBuf, String> {
     let dir = workdir.join("plugins");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| e.to_string())?;
-    let copy = dir.join(library.file_name().expect("a file"));
-    std::fs::copy(&library, &copy).map_err(|e| e.to_string())?;
+    let copy = dir.join(library.file_name().ok_or("the library has a file name")?);
+    std::fs::copy(library, &copy).map_err(|e| e.to_string())?;
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| e.to_string())?;
     Ok(dir)
@@ -595,7 +600,7 @@ pub(super) fn measure_targets(
     placement: Placement,
     wait_quiet: Option<Duration>,
 ) -> Result<Vec<TargetRun>, String> {
-    let plugins = scale_plugin(workdir)?;
+    let library = scale_plugin()?;
     let scripts = workdir.join("scripts");
     std::fs::create_dir_all(&scripts).map_err(|e| e.to_string())?;
     let script = scripts.join("resend.rhai");
@@ -609,44 +614,40 @@ pub(super) fn measure_targets(
         [2, 0, 1],
         [1, 0, 2],
     ];
+    // One host for all runs: a host that stops removes the process-wide folder of private plugin
+    // copies (`PluginHost::shutdown`), so a second host in this process could not load the plugin.
+    let sink = Sink::bind();
+    let config = workdir.join("targets.yaml");
+    let plugins = install_plugin(&library, workdir)?;
+    let relay = start_patchbay_with(
+        &config,
+        &targets_config(sink.addr, &script, &plugins),
+        placement.relay,
+    );
+    let sender = StdUdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    for target in Target::ALL {
+        let n = params.warmup_msgs;
+        let warm = blast_address(&sink, &sender, relay.listen, n, target.address());
+        if warm.received < n {
+            relay.stop();
+            let (name, got) = (target.name(), warm.received);
+            return Err(format!(
+                "the {name} route delivered {got} of {n} warm-up messages"
+            ));
+        }
+    }
+    // Spawned by the host when it built the routes; the relay thread's name is `patchbay`.
+    let workers = [
+        Vec::new(),
+        threads_named("script "),
+        threads_named("plugin scale"),
+    ];
+    if workers[1].is_empty() || workers[2].is_empty() {
+        relay.stop();
+        return Err("no script or plugin thread found in /proc/self/task".into());
+    }
     let mut runs = Vec::new();
     for run in 0..extra.target_runs {
-        let sink = Sink::bind();
-        let config = workdir.join(format!("targets{run}.yaml"));
-        let relay = start_patchbay_with(
-            &config,
-            &targets_config(sink.addr, &script, &plugins),
-            placement.relay,
-        );
-        let sender = StdUdpSocket::bind("127.0.0.1:0").expect("bind sender");
-        for target in Target::ALL {
-            let warm = blast_address(
-                &sink,
-                &sender,
-                relay.listen,
-                params.warmup_msgs,
-                target.address(),
-            );
-            if warm.received < params.warmup_msgs {
-                relay.stop();
-                return Err(format!(
-                    "the {} route delivered {} of {} warm-up messages",
-                    target.name(),
-                    warm.received,
-                    params.warmup_msgs
-                ));
-            }
-        }
-        // Spawned by the host when it built the routes; the relay thread's name is `patchbay`.
-        let workers = [
-            Vec::new(),
-            threads_named("script "),
-            threads_named("plugin scale"),
-        ];
-        if workers[1].is_empty() || workers[2].is_empty() {
-            relay.stop();
-            return Err("no script or plugin thread found in /proc/self/task".into());
-        }
         if let Some(patience) = wait_quiet {
             wait_for_quiet(patience);
         }
@@ -671,8 +672,8 @@ pub(super) fn measure_targets(
             sums,
             neighbours: neighbours.cores(),
         });
-        relay.stop();
     }
+    relay.stop();
     Ok(runs)
 }
 
@@ -1127,8 +1128,10 @@ impl Extras {
              0755 into a private 0755 plugins folder); script and plugin queues set to 4096 (the \
              default 1024 equals the sender's window). Each address is 14 characters like \
              `{TRAFFIC_ADDRESS}`, so every route gets the same 40-byte `,ifh` message; the script's \
-             `send` infers `,ifi` (36 bytes), the plugin sends `,ffh`. {} runs, each with a fresh \
-             patchbay; per run {} rounds of one max-rate block of {} messages per route, the order \
+             `send` infers `,ifi` (36 bytes), the plugin sends `,ffh`. {} runs on one patchbay (a \
+             host that stops deletes the process-wide folder of private plugin copies, so a second \
+             host in one process cannot load plugins: `host/src/plugin.rs` `PluginHost::shutdown`); \
+             per run {} rounds of one max-rate block of {} messages per route, the order \
              rotating so each route is first, middle and last equally often; {} warm-up messages per \
              route first. The host spawns the script worker (`script …`) and the plugin instance \
              (`plugin scale`) threads from the relay thread, so they share its core (the sender and \
