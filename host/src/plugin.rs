@@ -134,17 +134,15 @@ pub fn check_folder(dir: &Path) -> Result<(), PluginError> {
 
 /// Where private copies go: a fresh folder only this process can write (created with a random
 /// name, mode 0700), so nobody can plant a file or a symlink where a copy is about to be loaded.
+/// Made on first use and removed at shutdown (made anew if the host runs again in this process).
+static COPIES: Mutex<Option<tempfile::TempDir>> = Mutex::new(None);
+
 fn copies_dir() -> std::io::Result<PathBuf> {
-    static DIR: OnceLock<Result<tempfile::TempDir, String>> = OnceLock::new();
-    match DIR.get_or_init(|| {
-        tempfile::Builder::new()
-            .prefix("patchbay-plugins-")
-            .tempdir()
-            .map_err(|e| e.to_string())
-    }) {
-        Ok(dir) => Ok(dir.path().to_path_buf()),
-        Err(e) => Err(std::io::Error::other(e.clone())),
+    let mut dir = COPIES.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.is_none() {
+        *dir = Some(tempfile::Builder::new().prefix("patchbay-plugins-").tempdir()?);
     }
+    Ok(dir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default())
 }
 
 /// Loads `file` from a private copy and checks it (ABI version first).
@@ -877,11 +875,8 @@ impl PluginHost {
     /// code stays mapped until the process exits, so removing the files is safe).
     pub fn shutdown(&self) {
         self.retain_used(&[]);
-        if self.plan.lock().map(|p| p.is_some()).unwrap_or(false) {
-            if let Ok(dir) = copies_dir() {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
+        // Dropping the folder removes it; the loaded code stays mapped until the process exits.
+        drop(COPIES.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
     /// Marks instances stuck when a call overruns `call_timeout_ms` (checked every 50 ms).
