@@ -140,9 +140,16 @@ static COPIES: Mutex<Option<tempfile::TempDir>> = Mutex::new(None);
 fn copies_dir() -> std::io::Result<PathBuf> {
     let mut dir = COPIES.lock().unwrap_or_else(|e| e.into_inner());
     if dir.is_none() {
-        *dir = Some(tempfile::Builder::new().prefix("patchbay-plugins-").tempdir()?);
+        *dir = Some(
+            tempfile::Builder::new()
+                .prefix("patchbay-plugins-")
+                .tempdir()?,
+        );
     }
-    Ok(dir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default())
+    Ok(dir
+        .as_ref()
+        .map(|d| d.path().to_path_buf())
+        .unwrap_or_default())
 }
 
 /// Loads `file` from a private copy and checks it (ABI version first).
