@@ -106,10 +106,6 @@ impl Dispatcher {
         }
     }
 
-    pub fn channel_name(&self) -> &str {
-        &self.name
-    }
-
     /// Routes one received datagram. Bad packets are counted and logged (rate-limited), never fatal.
     pub fn datagram(&mut self, bytes: &[u8], origin: Origin) {
         self.metrics.packets_in.increment(1);

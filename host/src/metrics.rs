@@ -42,7 +42,8 @@ pub const BUNDLES_LATE: &str = "patchbay_bundles_late_total";
 pub const BUNDLES_FAR_FUTURE: &str = "patchbay_bundles_far_future_total";
 pub const BUNDLES_DROPPED: &str = "patchbay_bundles_dropped_total";
 
-/// Every metric with its meaning, for `--help`-style listings and the README.
+/// Every metric with its meaning: served as the `# HELP` line of each family (and mirrored in the
+/// README's table).
 pub const ALL: &[(&str, &str)] = &[
     (CHANNEL_PACKETS_IN, "datagrams received on a channel (before decoding)"),
     (CHANNEL_MESSAGES_IN, "OSC messages received on a channel (bundle elements count one each)"),
@@ -155,6 +156,10 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     let handle = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| MetricsError::Install(e.to_string()))?;
+    // The exporter keeps descriptions by name whatever the kind, so one call describes them all.
+    for (name, help) in ALL {
+        metrics::describe_counter!(*name, *help);
+    }
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 

@@ -297,10 +297,6 @@ impl PluginInstance {
         }
     }
 
-    pub fn is_stuck(&self) -> bool {
-        self.stuck.load(Ordering::Relaxed)
-    }
-
     fn unload(&self) {
         if !self.unloaded.swap(true, Ordering::Relaxed) {
             // Never blocks (the caller is the host's main loop, and the instance may hang with a

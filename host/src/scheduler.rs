@@ -209,14 +209,6 @@ impl Scheduler {
         true
     }
 
-    pub fn pending(&self) -> usize {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .heap
-            .len()
-    }
-
     /// Sends each message when it is due, until cancelled.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         loop {

@@ -157,10 +157,6 @@ impl DatagramOutput {
         }
     }
 
-    pub fn settings(&self) -> Arc<DatagramSettings> {
-        self.settings.load_full()
-    }
-
     /// Live reload: the next datagram in either direction uses the new settings.
     pub fn set_settings(&self, settings: DatagramSettings) {
         self.raw
