@@ -238,8 +238,10 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
     );
 
     let status = host.status.clone();
+    // Armed once and re-armed only when it fires: a channel that comes up while a reload is being
+    // applied (a rebind finishing after the reload's own ready write) still rewrites the file.
+    let mut notified = Box::pin(status.changed());
     loop {
-        let notified = status.changed();
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(trigger) = reloads.recv() => host.reload(trigger).await,
@@ -247,8 +249,10 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
                 host.swap_board();
                 tracing::info!(plugins = %host.plugins.names().join(", "), "Routes rebuilt for the changed plugins folder.");
             }
-            _ = notified => {
-                // A channel came up (or went down) later: keep the ready file true.
+            _ = &mut notified => {
+                // A channel came up (or went down) later: keep the ready file true. Re-armed before
+                // the snapshot is read, so a change made meanwhile is not missed.
+                notified = Box::pin(status.changed());
                 if let Err(e) = host.write_ready() {
                     tracing::warn!("{e}");
                 }
