@@ -8,9 +8,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use patchbay_plugin_api::osc::decode::BundleRef;
-use patchbay_plugin_api::osc::encode::{encode_blob_message, encode_readdressed};
+use patchbay_plugin_api::osc::encode::{
+    encode_blob_message, encode_message_into, encode_readdressed,
+};
 use patchbay_plugin_api::osc::pattern::Captures;
 use patchbay_plugin_api::osc::{DecodeError, DecodeLimits, MessageRef, PacketRef};
+use patchbay_plugin_api::osc::{OscArg, OscMessage};
 
 use crate::channel::{Origin, Output};
 use crate::metrics::ChannelMetrics;
@@ -104,6 +107,47 @@ impl Dispatcher {
             raw: Vec::new(),
             bad_input_log: RateLimitedLog::new(Duration::from_secs(1)),
         }
+    }
+
+    /// A dispatcher for another receiving task of the same channel (one per TCP connection): same
+    /// board and metrics, its own scratch buffers.
+    pub fn fork(&self) -> Dispatcher {
+        Dispatcher::new(
+            self.channel,
+            self.name.clone(),
+            self.board.clone(),
+            self.scheduler.clone(),
+            self.metrics.clone(),
+        )
+    }
+
+    /// Routes a message the host made itself (a connection event): not counted as received.
+    pub fn event(&mut self, bytes: &[u8], origin: Origin) {
+        if let Ok(packet) = PacketRef::parse(bytes, &self.limits) {
+            self.packet(packet, origin);
+        }
+    }
+
+    /// Routes a text line from a non-OSC device as a message at `address` with one string argument
+    /// (bytes that are not UTF-8 are replaced, so a noisy line still arrives).
+    pub fn text_line(&mut self, line: &[u8], address: &str, origin: Origin) {
+        self.metrics.packets_in.increment(1);
+        self.metrics.bytes_in.increment(line.len() as u64);
+        let mut encoded = std::mem::take(&mut self.raw);
+        encoded.clear();
+        let text = String::from_utf8_lossy(line);
+        encode_message_into(
+            &OscMessage {
+                address: address.to_string(),
+                args: vec![OscArg::String(text.into_owned())],
+            },
+            &mut encoded,
+        );
+        match PacketRef::parse(&encoded, &self.limits) {
+            Ok(packet) => self.packet(packet, origin),
+            Err(error) => self.bad_packet(line.len(), &origin, &error),
+        }
+        self.raw = encoded;
     }
 
     /// Routes one received datagram. Bad packets are counted and logged (rate-limited), never fatal.

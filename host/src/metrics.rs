@@ -21,6 +21,14 @@ pub const CHANNEL_DISALLOWED: &str = "patchbay_channel_disallowed_total";
 pub const CHANNEL_DROPS: &str = "patchbay_channel_drops_total";
 pub const CHANNEL_SEND_ERRORS: &str = "patchbay_channel_send_errors_total";
 pub const CHANNEL_UP: &str = "patchbay_channel_up";
+pub const CHANNEL_CONNECTIONS: &str = "patchbay_channel_connections";
+pub const CHANNEL_ACCEPTED: &str = "patchbay_channel_connections_accepted_total";
+pub const CHANNEL_REFUSED: &str = "patchbay_channel_connections_refused_total";
+pub const CHANNEL_FRAMES_IN: &str = "patchbay_channel_frames_in_total";
+pub const CHANNEL_FRAMES_OUT: &str = "patchbay_channel_frames_out_total";
+pub const CHANNEL_FRAMING_ERRORS: &str = "patchbay_channel_framing_errors_total";
+pub const CHANNEL_RECONNECTS: &str = "patchbay_channel_reconnects_total";
+pub const CHANNEL_EXPIRED: &str = "patchbay_channel_expired_total";
 pub const ROUTE_MATCHES: &str = "patchbay_route_matches_total";
 pub const UNMATCHED: &str = "patchbay_unmatched_total";
 pub const RELOADS: &str = "patchbay_reloads_total";
@@ -55,6 +63,14 @@ pub const ALL: &[(&str, &str)] = &[
     (CHANNEL_DROPS, "outgoing packets dropped: channel down, no destination, or socket buffer full"),
     (CHANNEL_SEND_ERRORS, "outgoing packets the operating system refused"),
     (CHANNEL_UP, "1 while the channel's socket is bound, else 0"),
+    (CHANNEL_CONNECTIONS, "open connections of a stream channel (tcp: accepted ones plus its client connection)"),
+    (CHANNEL_ACCEPTED, "connections a stream channel accepted"),
+    (CHANNEL_REFUSED, "connections a stream channel refused: source not in its allow list, or max_connections reached"),
+    (CHANNEL_FRAMES_IN, "frames read from a stream channel's connections (OSC packets, lines or raw chunks)"),
+    (CHANNEL_FRAMES_OUT, "frames written to a stream channel's connections"),
+    (CHANNEL_FRAMING_ERRORS, "connections closed because their byte stream did not parse under the channel's framing"),
+    (CHANNEL_RECONNECTS, "connection attempts of a client channel after its first"),
+    (CHANNEL_EXPIRED, "queued outgoing messages dropped because they waited longer than max_age_ms"),
     (ROUTE_MATCHES, "messages a route matched"),
     (UNMATCHED, "messages no route matched"),
     (RELOADS, "config reloads by result: applied, invalid (kept the running config), rolled_back (applying failed)"),
@@ -106,6 +122,35 @@ impl ChannelMetrics {
             drops: counter!(CHANNEL_DROPS, &label()),
             send_errors: counter!(CHANNEL_SEND_ERRORS, &label()),
             up: gauge!(CHANNEL_UP, &label()),
+        }
+    }
+}
+
+/// The extra handles of stream (connection-based) channels.
+#[derive(Clone)]
+pub struct StreamMetrics {
+    pub connections: Gauge,
+    pub accepted: Counter,
+    pub refused: Counter,
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    pub framing_errors: Counter,
+    pub reconnects: Counter,
+    pub expired: Counter,
+}
+
+impl StreamMetrics {
+    pub fn new(channel: &str) -> Self {
+        let label = || [("channel", channel.to_string())];
+        StreamMetrics {
+            connections: gauge!(CHANNEL_CONNECTIONS, &label()),
+            accepted: counter!(CHANNEL_ACCEPTED, &label()),
+            refused: counter!(CHANNEL_REFUSED, &label()),
+            frames_in: counter!(CHANNEL_FRAMES_IN, &label()),
+            frames_out: counter!(CHANNEL_FRAMES_OUT, &label()),
+            framing_errors: counter!(CHANNEL_FRAMING_ERRORS, &label()),
+            reconnects: counter!(CHANNEL_RECONNECTS, &label()),
+            expired: counter!(CHANNEL_EXPIRED, &label()),
         }
     }
 }

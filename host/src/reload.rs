@@ -161,6 +161,7 @@ fn channel_change(old: &ChannelPlan, new: &ChannelPlan) -> Option<ChannelChange>
         (ChannelKind::Udp(a), ChannelKind::Udp(b)) => a.needs_rebind(b),
         (ChannelKind::Multicast(a), ChannelKind::Multicast(b)) => a.needs_rebind(b),
         (ChannelKind::Broadcast(a), ChannelKind::Broadcast(b)) => a.needs_rebind(b),
+        (ChannelKind::Tcp(a), ChannelKind::Tcp(b)) => a.needs_rebind(b),
         _ => true,
     };
     Some(if rebind {
@@ -185,6 +186,7 @@ fn as_map(kind: &ChannelKind) -> serde_json::Map<String, serde_json::Value> {
         ChannelKind::Udp(c) => serde_json::to_value(c),
         ChannelKind::Multicast(c) => serde_json::to_value(c),
         ChannelKind::Broadcast(c) => serde_json::to_value(c),
+        ChannelKind::Tcp(c) => serde_json::to_value(c),
     };
     match value {
         Ok(serde_json::Value::Object(map)) => map,

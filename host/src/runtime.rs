@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::datagram::{DatagramOutput, OwnDatagrams, Startup};
+use crate::channel::tcp::{self, TcpOutput};
 use crate::channel::{broadcast, multicast, udp, ChannelContext, Output, StatusBoard};
 use crate::config::{self, ChannelKind, ChannelPlan, ConfigErrors, Plan};
 use crate::dispatch::{Dispatcher, SharedSwitchboard, Switchboard};
@@ -88,11 +89,48 @@ impl ChannelIds {
 struct Running {
     id: ChannelId,
     kind: ChannelKind,
-    output: Arc<DatagramOutput>,
-    own: Arc<OwnDatagrams>,
+    output: ChannelOutput,
     cancel: CancellationToken,
     replaced: Arc<AtomicBool>,
     task: JoinHandle<()>,
+}
+
+/// A channel's sending side, by transport family.
+#[derive(Clone)]
+enum ChannelOutput {
+    /// With the memory of what it sent, for kinds whose own datagrams can come back.
+    Datagram(Arc<DatagramOutput>, Arc<OwnDatagrams>),
+    Tcp(Arc<TcpOutput>),
+}
+
+impl ChannelOutput {
+    fn as_output(&self) -> Arc<dyn Output> {
+        match self {
+            ChannelOutput::Datagram(output, _) => output.clone(),
+            ChannelOutput::Tcp(output) => output.clone(),
+        }
+    }
+
+    /// Where forwards go, for the ready file.
+    fn destination(&self) -> Option<SocketAddr> {
+        match self {
+            ChannelOutput::Datagram(output, _) => output.destination(),
+            ChannelOutput::Tcp(output) => output.connect_address(),
+        }
+    }
+}
+
+/// What a reload binds before it commits, so a refused port leaves everything as it was.
+enum Bound {
+    Udp(tokio::net::UdpSocket),
+    /// None for a client-only channel.
+    Tcp(Option<tokio::net::TcpListener>),
+}
+
+/// How a channel starts: with what a reload bound, or binding (with retries) by itself.
+enum ChannelStart {
+    Bound(Bound),
+    Retry { strict: bool },
 }
 
 /// The running host.
@@ -167,11 +205,11 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         starting.push((channel, running));
     }
     let names: Vec<String> = starting.iter().map(|(c, _)| c.name.clone()).collect();
-    for (channel, (id, output, own)) in starting {
-        let startup = Startup::Retry {
+    for (channel, (id, output)) in starting {
+        let startup = ChannelStart::Retry {
             strict: options.strict,
         };
-        host.spawn_channel(&channel, id, output, own, startup);
+        host.spawn_channel(&channel, id, output, startup);
     }
     host.swap_board();
     host.watch_scripts();
@@ -301,30 +339,30 @@ impl Host {
         }
     }
 
-    /// The output (and own-datagram memory) of a channel about to start.
-    fn prepare_channel(
-        &mut self,
-        channel: &ChannelPlan,
-    ) -> (ChannelId, Arc<DatagramOutput>, Arc<OwnDatagrams>) {
+    /// The output of a channel about to start.
+    fn prepare_channel(&mut self, channel: &ChannelPlan) -> (ChannelId, ChannelOutput) {
         let id = self.ids.id(&channel.name);
         let name: Arc<str> = channel.name.as_str().into();
         let channel_metrics = ChannelMetrics::new(&channel.name);
         let own = Arc::new(OwnDatagrams::default());
-        let output = Arc::new(match &channel.kind {
-            ChannelKind::Udp(cfg) => cfg.output(name, channel_metrics),
-            ChannelKind::Multicast(cfg) => cfg.output(name, channel_metrics, own.clone()),
-            ChannelKind::Broadcast(cfg) => cfg.output(name, channel_metrics, own.clone()),
-        });
-        (id, output, own)
+        let datagram = |output| ChannelOutput::Datagram(Arc::new(output), own.clone());
+        let output = match &channel.kind {
+            ChannelKind::Udp(cfg) => datagram(cfg.output(name, channel_metrics)),
+            ChannelKind::Multicast(cfg) => datagram(cfg.output(name, channel_metrics, own.clone())),
+            ChannelKind::Broadcast(cfg) => datagram(cfg.output(name, channel_metrics, own.clone())),
+            ChannelKind::Tcp(cfg) => {
+                ChannelOutput::Tcp(Arc::new(cfg.output(name, channel_metrics)))
+            }
+        };
+        (id, output)
     }
 
     fn spawn_channel(
         &mut self,
         channel: &ChannelPlan,
         id: ChannelId,
-        output: Arc<DatagramOutput>,
-        own: Arc<OwnDatagrams>,
-        startup: Startup,
+        output: ChannelOutput,
+        start: ChannelStart,
     ) {
         let name: Arc<str> = channel.name.as_str().into();
         let channel_metrics = ChannelMetrics::new(&channel.name);
@@ -346,17 +384,35 @@ impl Host {
             status: self.status.clone(),
         };
         let kind = channel.kind.clone();
-        let (task_output, task_own) = (output.clone(), own.clone());
+        let task_output = output.clone();
         let failures = self.failures.clone();
         let task = tokio::spawn(async move {
-            let result = match kind {
-                ChannelKind::Udp(cfg) => udp::run(cfg, task_output, ctx, startup).await,
-                ChannelKind::Multicast(cfg) => {
-                    multicast::run(cfg, task_output, task_own, ctx, startup).await
+            let strict = matches!(start, ChannelStart::Retry { strict: true });
+            let (udp_start, tcp_start) = match start {
+                ChannelStart::Bound(Bound::Udp(socket)) => {
+                    (Startup::Bound(socket), tcp::Startup::Retry { strict })
                 }
-                ChannelKind::Broadcast(cfg) => {
-                    broadcast::run(cfg, task_output, task_own, ctx, startup).await
+                ChannelStart::Bound(Bound::Tcp(listener)) => {
+                    (Startup::Retry { strict }, tcp::Startup::Bound(listener))
                 }
+                ChannelStart::Retry { strict } => {
+                    (Startup::Retry { strict }, tcp::Startup::Retry { strict })
+                }
+            };
+            let result = match (kind, task_output) {
+                (ChannelKind::Udp(cfg), ChannelOutput::Datagram(output, _)) => {
+                    udp::run(cfg, output, ctx, udp_start).await
+                }
+                (ChannelKind::Multicast(cfg), ChannelOutput::Datagram(output, own)) => {
+                    multicast::run(cfg, output, own, ctx, udp_start).await
+                }
+                (ChannelKind::Broadcast(cfg), ChannelOutput::Datagram(output, own)) => {
+                    broadcast::run(cfg, output, own, ctx, udp_start).await
+                }
+                (ChannelKind::Tcp(cfg), ChannelOutput::Tcp(output)) => {
+                    tcp::run(cfg, output, ctx, tcp_start).await
+                }
+                _ => unreachable!("prepare_channel makes the output of the channel's kind"),
             };
             if let Err(e) = result {
                 let _ = failures.send(e.to_string());
@@ -368,7 +424,6 @@ impl Host {
                 id,
                 kind: channel.kind.clone(),
                 output,
-                own,
                 cancel,
                 replaced,
                 task,
@@ -396,7 +451,7 @@ impl Host {
         let outputs: Vec<(ChannelId, Arc<dyn Output>)> = self
             .channels
             .values()
-            .map(|r| (r.id, r.output.clone() as Arc<dyn Output>))
+            .map(|r| (r.id, r.output.as_output()))
             .collect();
         self.board
             .store(Arc::new(Switchboard::new(self.generation, table, outputs)));
@@ -507,7 +562,7 @@ impl Host {
         let by_name = |plan: &Plan, name: &str| plan.channel(name).cloned();
 
         // 1. Bind what is new while nothing has changed yet.
-        let mut fresh: Vec<(ChannelPlan, tokio::net::UdpSocket)> = Vec::new();
+        let mut fresh: Vec<(ChannelPlan, Bound)> = Vec::new();
         let mut release_first: Vec<ChannelPlan> = Vec::new();
         let rebinds: Vec<&String> = diff
             .channels_changed
@@ -543,11 +598,14 @@ impl Host {
             else {
                 continue;
             };
-            if let (ChannelKind::Multicast(old), ChannelKind::Multicast(cfg)) =
-                (&running.kind, &channel.kind)
+            if let (
+                ChannelKind::Multicast(old),
+                ChannelKind::Multicast(cfg),
+                ChannelOutput::Datagram(output, _),
+            ) = (&running.kind, &channel.kind, &running.output)
             {
                 if old.group != cfg.group {
-                    if let Err(source) = running.output.join_group(cfg.group, cfg.interface) {
+                    if let Err(source) = output.join_group(cfg.group, cfg.interface) {
                         for (output, group, interface) in joined {
                             let _ = output.leave_group(group, interface);
                         }
@@ -556,7 +614,7 @@ impl Host {
                             source,
                         });
                     }
-                    joined.push((running.output.clone(), cfg.group, cfg.interface));
+                    joined.push((output.clone(), cfg.group, cfg.interface));
                 }
             }
         }
@@ -576,10 +634,10 @@ impl Host {
                         kind: old.kind.clone(),
                     };
                     let startup = match bind(&old.kind) {
-                        Ok(socket) => Startup::Bound(socket),
-                        Err(_) => Startup::Retry { strict: false },
+                        Ok(bound) => ChannelStart::Bound(bound),
+                        Err(_) => ChannelStart::Retry { strict: false },
                     };
-                    self.spawn_channel(&previous, old.id, old.output, old.own, startup);
+                    self.spawn_channel(&previous, old.id, old.output, startup);
                     for (output, group, interface) in joined {
                         let _ = output.leave_group(group, interface);
                     }
@@ -601,15 +659,25 @@ impl Host {
             else {
                 continue;
             };
-            let result = match (&running.kind, &channel.kind) {
-                (ChannelKind::Udp(_), ChannelKind::Udp(cfg)) => {
-                    cfg.apply_live(name, &running.output)
-                }
-                (ChannelKind::Multicast(old), ChannelKind::Multicast(cfg)) => {
-                    cfg.apply_live(old, name, &running.output)
-                }
-                (ChannelKind::Broadcast(_), ChannelKind::Broadcast(cfg)) => {
-                    cfg.apply_live(name, &running.output)
+            let result = match (&running.kind, &channel.kind, &running.output) {
+                (
+                    ChannelKind::Udp(_),
+                    ChannelKind::Udp(cfg),
+                    ChannelOutput::Datagram(output, _),
+                ) => cfg.apply_live(name, output),
+                (
+                    ChannelKind::Multicast(old),
+                    ChannelKind::Multicast(cfg),
+                    ChannelOutput::Datagram(output, _),
+                ) => cfg.apply_live(old, name, output),
+                (
+                    ChannelKind::Broadcast(_),
+                    ChannelKind::Broadcast(cfg),
+                    ChannelOutput::Datagram(output, _),
+                ) => cfg.apply_live(name, output),
+                (ChannelKind::Tcp(_), ChannelKind::Tcp(cfg), ChannelOutput::Tcp(output)) => {
+                    cfg.apply_live(name, output);
+                    Ok(())
                 }
                 _ => Ok(()),
             };
@@ -627,8 +695,8 @@ impl Host {
                 old.replaced.store(true, Ordering::Relaxed);
                 retired.push(old);
             }
-            let (id, output, own) = self.prepare_channel(&channel);
-            self.spawn_channel(&channel, id, output, own, Startup::Bound(socket));
+            let (id, output) = self.prepare_channel(&channel);
+            self.spawn_channel(&channel, id, output, ChannelStart::Bound(socket));
         }
         for name in &diff.channels_removed {
             if let Some(old) = self.channels.remove(name) {
@@ -671,11 +739,12 @@ impl Host {
     }
 }
 
-fn bind(kind: &ChannelKind) -> std::io::Result<tokio::net::UdpSocket> {
+fn bind(kind: &ChannelKind) -> std::io::Result<Bound> {
     match kind {
-        ChannelKind::Udp(cfg) => udp::bind(cfg),
-        ChannelKind::Multicast(cfg) => multicast::bind(cfg),
-        ChannelKind::Broadcast(cfg) => broadcast::bind(cfg),
+        ChannelKind::Udp(cfg) => udp::bind(cfg).map(Bound::Udp),
+        ChannelKind::Multicast(cfg) => multicast::bind(cfg).map(Bound::Udp),
+        ChannelKind::Broadcast(cfg) => broadcast::bind(cfg).map(Bound::Udp),
+        ChannelKind::Tcp(cfg) => cfg.listen.map(tcp::bind).transpose().map(Bound::Tcp),
     }
 }
 
@@ -684,6 +753,9 @@ fn bind_address(kind: &ChannelKind) -> SocketAddr {
         ChannelKind::Udp(cfg) => cfg.bind_address(),
         ChannelKind::Multicast(cfg) => SocketAddr::from(([0, 0, 0, 0], cfg.port)),
         ChannelKind::Broadcast(cfg) => cfg.listen,
+        ChannelKind::Tcp(cfg) => cfg
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
     }
 }
 

@@ -176,37 +176,15 @@ impl DatagramOutput {
 
     /// A raw device gets each message's payload: its first blob or string argument.
     fn send_raw(&self, packet: &[u8], to: SocketAddr) {
-        // Packets reaching an output were validated on the way in (or built by us).
-        let Ok(packet) = PacketRef::parse(packet, &Default::default()) else {
-            return;
-        };
-        let mut stack = vec![packet];
-        while let Some(packet) = stack.pop() {
-            match packet {
-                PacketRef::Bundle(bundle) => {
-                    let mut elements: Vec<_> = bundle.elements().collect();
-                    elements.reverse();
-                    stack.extend(elements);
-                }
-                PacketRef::Message(message) => {
-                    let payload = message.arg_refs().find_map(|arg| match arg {
-                        ArgRef::Blob(bytes) => Some(bytes),
-                        ArgRef::Str(text) | ArgRef::Symbol(text) => Some(text.as_bytes()),
-                        _ => None,
-                    });
-                    match payload {
-                        Some(bytes) => self.send_datagram(bytes, to),
-                        None => {
-                            self.metrics.drops.increment(1);
-                            self.log_loss(format_args!(
-                                "`{}` has no blob or string argument to send to a raw channel",
-                                message.address
-                            ));
-                        }
-                    }
-                }
+        payloads(packet, |payload| match payload {
+            Ok(bytes) => self.send_datagram(bytes, to),
+            Err(address) => {
+                self.metrics.drops.increment(1);
+                self.log_loss(format_args!(
+                    "`{address}` has no blob or string argument to send to a raw channel"
+                ));
             }
-        }
+        });
     }
 
     fn send_datagram(&self, bytes: &[u8], to: SocketAddr) {
@@ -269,6 +247,33 @@ impl Output for DatagramOutput {
 
     fn reply_raw(&self, origin: &Origin, bytes: &[u8]) {
         self.send_datagram(bytes, origin.addr);
+    }
+}
+
+/// What a device that does not speak OSC gets of a packet: each message's first blob or string
+/// argument, in order (bundles flattened); `Err(address)` for a message that has neither.
+pub fn payloads(packet: &[u8], mut each: impl FnMut(Result<&[u8], &str>)) {
+    // Packets reaching an output were validated on the way in (or built by us).
+    let Ok(packet) = PacketRef::parse(packet, &Default::default()) else {
+        return;
+    };
+    let mut stack = vec![packet];
+    while let Some(packet) = stack.pop() {
+        match packet {
+            PacketRef::Bundle(bundle) => {
+                let mut elements: Vec<_> = bundle.elements().collect();
+                elements.reverse();
+                stack.extend(elements);
+            }
+            PacketRef::Message(message) => {
+                let payload = message.arg_refs().find_map(|arg| match arg {
+                    ArgRef::Blob(bytes) => Some(bytes),
+                    ArgRef::Str(text) | ArgRef::Symbol(text) => Some(text.as_bytes()),
+                    _ => None,
+                });
+                each(payload.ok_or(message.address));
+            }
+        }
     }
 }
 

@@ -8,7 +8,9 @@
 
 pub mod broadcast;
 pub mod datagram;
+pub mod framing;
 pub mod multicast;
+pub mod tcp;
 pub mod udp;
 
 use std::collections::BTreeMap;

@@ -10,7 +10,9 @@ use super::plan::ChannelKind;
 use super::yaml::{join, Node};
 use crate::channel::broadcast::BroadcastConfig;
 use crate::channel::datagram::Format;
+use crate::channel::framing::Framing;
 use crate::channel::multicast::MulticastConfig;
+use crate::channel::tcp::TcpConfig;
 use crate::channel::udp::UdpConfig;
 
 /// A builder checks one channel entry (`node`, the whole map including `kind`) at `path`.
@@ -21,6 +23,7 @@ pub(crate) const KINDS: &[(&str, Builder)] = &[
     ("udp", udp),
     ("multicast", multicast),
     ("broadcast", broadcast),
+    ("tcp", tcp),
 ];
 
 pub(crate) fn builder(kind: &str) -> Option<Builder> {
@@ -43,12 +46,14 @@ pub(crate) struct BuiltChannel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Proto {
     Udp,
+    Tcp,
 }
 
 impl Proto {
     fn name(self) -> &'static str {
         match self {
             Proto::Udp => "udp",
+            Proto::Tcp => "tcp",
         }
     }
 }
@@ -259,6 +264,108 @@ fn broadcast(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<B
         kind: ChannelKind::Broadcast(cfg),
         claims,
         forwardable,
+    })
+}
+
+fn tcp(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<BuiltChannel> {
+    let cfg = typed::<TcpConfig>(node, path, errs)?;
+    let mut ok = true;
+    let mut problem = |key: &str, message: String| {
+        let (line, column) = pos(node, key);
+        errs.at_pos(line, column, &join(path, key), message);
+        ok = false;
+    };
+    if cfg.listen.is_none() && cfg.connect.is_none() {
+        problem(
+            "kind",
+            format!(
+                "tcp channel `{name}` needs `listen: ip:port` to accept connections, `connect: ip:port` \
+                 to connect to a server, or both"
+            ),
+        );
+    }
+    if cfg.connect.is_some() {
+        match cfg.framing {
+            None => problem(
+                "connect",
+                format!(
+                    "tcp channel `{name}` connects to a server, so say how that server frames OSC: add \
+                     `framing: slip` (OSC 1.1) or `framing: length` (OSC 1.0), or `lines` / `raw` for \
+                     devices that do not speak OSC"
+                ),
+            ),
+            Some(Framing::Auto) => problem(
+                "framing",
+                "`framing: auto` only works for accepted connections (it reads the first byte the other \
+                 side sends); with `connect:` choose `slip` or `length`"
+                    .to_string(),
+            ),
+            Some(_) => {}
+        }
+    }
+    let framing = cfg.framing();
+    if cfg.terminator.is_some() && framing != Framing::Lines {
+        problem(
+            "terminator",
+            "`terminator` only applies with `framing: lines`; add it or remove the terminator"
+                .to_string(),
+        );
+    }
+    if let Some(address) = cfg.raw_address.as_deref() {
+        if framing.is_osc() {
+            problem(
+                "raw_address",
+                "`raw_address` only applies with `framing: lines` or `framing: raw`".to_string(),
+            );
+        } else if !address.starts_with('/') {
+            problem(
+                "raw_address",
+                format!("`raw_address: {address}` must be an OSC address starting with `/`"),
+            );
+        } else if patchbay_plugin_api::osc::pattern::has_pattern_syntax(address) {
+            problem(
+                "raw_address",
+                format!("`raw_address: {address}` must be a plain address, without wildcards"),
+            );
+        }
+    }
+    for (key, value) in [("max_frame", cfg.max_frame), ("queue", cfg.queue)] {
+        if value == 0 {
+            problem(
+                key,
+                format!("`{key}: 0` would refuse everything; use a positive number"),
+            );
+        }
+    }
+    if cfg.max_frame > 256 << 20 {
+        problem(
+            "max_frame",
+            format!("`max_frame: {}` is more than 256 MiB; one frame that large would be buffered whole", cfg.max_frame),
+        );
+    }
+    if let (Some(listen), Some(connect)) = (cfg.listen, cfg.connect) {
+        if listen == connect {
+            problem(
+                "connect",
+                format!("`connect: {connect}` is this channel's own `listen` address (a loop); connect to another server"),
+            );
+        }
+    }
+    let mut claims = Vec::new();
+    if let Some(addr) = cfg.listen {
+        let (line, column) = pos(node, "listen");
+        claims.push(PortClaim {
+            proto: Proto::Tcp,
+            addr,
+            path: join(path, "listen"),
+            line,
+            column,
+        });
+    }
+    ok.then_some(BuiltChannel {
+        kind: ChannelKind::Tcp(cfg),
+        claims,
+        forwardable: Ok(()),
     })
 }
 

@@ -7,6 +7,7 @@ use patchbay_plugin_api::osc::Pattern;
 
 use crate::channel::broadcast::BroadcastConfig;
 use crate::channel::multicast::MulticastConfig;
+use crate::channel::tcp::TcpConfig;
 use crate::channel::udp::UdpConfig;
 use crate::plugin::PluginsPlan;
 use crate::scheduler::BundleConfig;
@@ -38,6 +39,7 @@ pub enum ChannelKind {
     Udp(UdpConfig),
     Multicast(MulticastConfig),
     Broadcast(BroadcastConfig),
+    Tcp(TcpConfig),
 }
 
 impl ChannelKind {
@@ -46,6 +48,7 @@ impl ChannelKind {
             ChannelKind::Udp(_) => "udp",
             ChannelKind::Multicast(_) => "multicast",
             ChannelKind::Broadcast(_) => "broadcast",
+            ChannelKind::Tcp(_) => "tcp",
         }
     }
 }
