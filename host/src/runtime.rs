@@ -235,7 +235,12 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         }
     }
     if options.strict {
-        if let Some((_, down)) = host.status.snapshot().iter().find(|(_, s)| !s.up) {
+        if let Some((_, down)) = host
+            .status
+            .snapshot()
+            .iter()
+            .find(|(_, s)| !s.up && s.binds())
+        {
             cancel.cancel();
             return Err(RunError::Strict(down.error.clone().unwrap_or_default()));
         }

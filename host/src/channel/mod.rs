@@ -85,6 +85,14 @@ pub struct ChannelStatus {
     pub error: Option<String>,
 }
 
+impl ChannelStatus {
+    /// Whether the channel binds a port of its own (`--strict` start-up requires that it did). A
+    /// client-only stream channel binds nothing; it connects, and waits while its server is away.
+    pub fn binds(&self) -> bool {
+        self.listen.is_some() || !matches!(self.kind, "tcp")
+    }
+}
+
 /// Channel states by name, with a notification on every change (the ready file is rewritten).
 #[derive(Clone, Default)]
 pub struct StatusBoard {

@@ -637,7 +637,10 @@ pub async fn run(
         local: None,
         send: config.connect,
         up: false,
-        error: None,
+        error: config
+            .connect
+            .filter(|_| config.listen.is_none())
+            .map(|server| format!("connecting to {server}")),
     };
     let listener = match (startup, config.listen) {
         (Startup::Bound(listener), _) => listener,

@@ -1249,3 +1249,74 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn tcp_channels_say_which_framing_they_need() {
+    let yaml = "\
+version: 1
+channels:
+  console: { kind: tcp, connect: 127.0.0.1:9100 }
+  auto_client: { kind: tcp, connect: 127.0.0.1:9101, framing: auto }
+  neither: { kind: tcp, framing: slip }
+  text: { kind: tcp, listen: 127.0.0.1:0, terminator: \"\\r\" }
+  osc_raw: { kind: tcp, listen: 127.0.0.1:0, framing: length, raw_address: /x }
+  zero: { kind: tcp, listen: 127.0.0.1:0, queue: 0 }
+routes: []
+";
+    assert_errors(
+        yaml,
+        &[
+            ("channels.console.connect", 3, 34, "framing: slip"),
+            (
+                "channels.auto_client.framing",
+                4,
+                63,
+                "`framing: auto` only works",
+            ),
+            ("channels.neither.kind", 5, 20, "needs `listen: ip:port`"),
+            (
+                "channels.text.terminator",
+                6,
+                55,
+                "only applies with `framing: lines`",
+            ),
+            (
+                "channels.osc_raw.raw_address",
+                7,
+                76,
+                "only applies with `framing: lines`",
+            ),
+            ("channels.zero.queue", 8, 50, "`queue: 0`"),
+        ],
+    );
+}
+
+#[test]
+fn tcp_and_udp_may_share_a_port_number_but_two_tcp_listeners_clash() {
+    let ok = plan(
+        "\
+version: 1
+channels:
+  a: { kind: udp, listen: 127.0.0.1:9200 }
+  b: { kind: tcp, listen: 127.0.0.1:9200 }
+routes: []
+",
+    );
+    match &ok.channel("b").unwrap().kind {
+        ChannelKind::Tcp(cfg) => {
+            assert_eq!(cfg.framing(), crate::channel::framing::Framing::Auto);
+            assert_eq!(cfg.max_frame, 1 << 20);
+        }
+        other => panic!("not tcp: {other:?}"),
+    }
+    let errs = run("\
+version: 1
+channels:
+  a: { kind: tcp, listen: 0.0.0.0:9201 }
+  b: { kind: tcp, listen: 127.0.0.1:9201, framing: slip }
+routes: []
+")
+    .unwrap_err();
+    let text = ConfigErrors(errs).to_string();
+    assert!(text.contains("tcp port 9201"), "{text}");
+}
