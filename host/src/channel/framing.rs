@@ -207,11 +207,7 @@ impl Decoder {
         loop {
             let rest = &input[at..];
             // A length-prefixed OSC packet at the start of a frame: 0, then 3 size bytes, then '/'.
-            if self.scanned == 0
-                && rest.len() >= 5
-                && rest[0] == 0
-                && (rest[4] == b'/' || rest[4] == b'#')
-            {
+            if rest.len() >= 5 && rest[0] == 0 && (rest[4] == b'/' || rest[4] == b'#') {
                 return Err(FramingError::Mismatch {
                     expected: "slip",
                     looks_like: "length-prefixed OSC (a 4-byte size, then '/' or '#')",
@@ -278,7 +274,8 @@ impl Decoder {
             let from = self.scanned.saturating_sub(term.len() - 1);
             let Some(offset) = rest[from..].windows(term.len()).position(|w| w == term) else {
                 self.scanned = rest.len();
-                if rest.len() > self.max_frame {
+                // The tail may be the start of a terminator that a later read completes.
+                if rest.len() > self.max_frame + term.len() - 1 {
                     return Err(FramingError::LineTooLong {
                         max: self.max_frame,
                     });
@@ -476,6 +473,19 @@ mod tests {
         let (frames, used) = all(&mut d, b"abcdefg");
         assert_eq!(used.unwrap(), 7);
         assert_eq!(frames, vec![b"abcd".to_vec(), b"efg".to_vec()]);
+    }
+
+    proptest::proptest! {
+        /// The fuzz target's property on random streams (and on streams built of framing bytes).
+        #[test]
+        fn frames_do_not_depend_on_read_sizes(
+            data in proptest::collection::vec(proptest::prop_oneof![
+                proptest::num::u8::ANY,
+                proptest::sample::select(vec![0u8, END, ESC, ESC_END, ESC_ESC, b'\r', b'\n', b'/']),
+            ], 0..300)
+        ) {
+            crate::fuzzing::check_framing(&data);
+        }
     }
 
     #[test]
