@@ -749,7 +749,11 @@ fn bind(kind: &ChannelKind) -> std::io::Result<Bound> {
         ChannelKind::Udp(cfg) => udp::bind(cfg).map(Bound::Udp),
         ChannelKind::Multicast(cfg) => multicast::bind(cfg).map(Bound::Udp),
         ChannelKind::Broadcast(cfg) => broadcast::bind(cfg).map(Bound::Udp),
-        ChannelKind::Tcp(cfg) => cfg.listen.map(tcp::bind).transpose().map(Bound::Tcp),
+        ChannelKind::Tcp(cfg) => cfg
+            .listen
+            .map(crate::channel::stream::bind)
+            .transpose()
+            .map(Bound::Tcp),
     }
 }
 

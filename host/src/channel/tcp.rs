@@ -14,28 +14,25 @@
 //! Connection events: opening and closing arrive as messages from the connection itself at
 //! [`OPEN_ADDRESS`] and [`CLOSE_ADDRESS`], so ordinary routes can send them to scripts.
 
-use std::collections::{HashMap, VecDeque};
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use patchbay_plugin_api::osc::encode::encode_message_into;
 use patchbay_plugin_api::osc::{OscArg, OscMessage};
 use serde::{Deserialize, Serialize};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::datagram::{default_retry_ms, payloads, BindError};
 use crate::channel::framing::{self, Decoder, Framing};
+use crate::channel::stream::{self, Closed, ConnSet, HasLink, Link, LinkShared, ReadTimeouts};
 use crate::channel::{ChannelContext, ChannelStatus, Origin, Output};
 use crate::config::NetRange;
 use crate::dispatch::{Dispatcher, RateLimitedLog};
-use crate::metrics::{ChannelMetrics, StreamMetrics};
+use crate::metrics::ChannelMetrics;
 
 /// Where a connection opening arrives: `,ss` channel, remote `ip:port`.
 pub const OPEN_ADDRESS: &str = "/patchbay/tcp/open";
@@ -169,25 +166,26 @@ impl TcpConfig {
     }
 
     pub fn output(&self, name: Arc<str>, metrics: ChannelMetrics) -> TcpOutput {
-        let stream = StreamMetrics::new(&name);
         let settings = self.settings(&name);
-        let client = self
-            .connect
-            .map(|addr| Arc::new(Conn::new(addr, self.framing(), self.terminator(), None)));
+        let client = self.connect.map(|addr| {
+            Arc::new(Conn::new(
+                Link::client(addr),
+                self.framing(),
+                self.terminator().into(),
+            ))
+        });
         TcpOutput {
-            name,
+            shared: LinkShared::new(name, metrics, self.queue, self.max_age_ms),
             settings: ArcSwap::from_pointee(settings),
             conns: ArcSwap::from_pointee(ConnSet::default()),
             edit: Mutex::new(()),
             client,
-            metrics,
-            stream,
-            loss_log: Mutex::new(RateLimitedLog::new(Duration::from_secs(1))),
         }
     }
 
     /// Applies every setting that does not need a new listener or connection.
     pub fn apply_live(&self, channel: &str, output: &TcpOutput) {
+        output.shared.set_limits(self.queue, self.max_age_ms);
         output.settings.store(Arc::new(self.settings(channel)));
     }
 }
@@ -212,46 +210,20 @@ pub struct TcpSettings {
     pub events: bool,
 }
 
-/// Binds the listening socket (SO_REUSEADDR, so a restart does not wait for TIME_WAIT; Linux still
-/// refuses a second listener on the port).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Connections and the output
 
-/// One connection's sending side. A client's `Conn` outlives its connections: its queue is kept
-/// while the server is away.
+/// One connection: its link and the framing replies use (for `auto`, what its first byte decided).
 pub struct Conn {
-    pub peer: SocketAddr,
-    /// The framing replies use: for `auto`, what the connection's first byte decided.
+    link: Link,
     framing: AtomicU8,
-    terminator: Vec<u8>,
-    out: Mutex<Outgoing>,
-    /// Wakes the writer task: something was queued, or a connection was attached.
-    wake: Notify,
+    terminator: Arc<[u8]>,
 }
 
-struct Outgoing {
-    stream: Option<Arc<TcpStream>>,
-    /// Cancelled to close the current connection.
-    session: Option<CancellationToken>,
-    queue: VecDeque<Queued>,
-    /// Bytes of the queue's first frame already written.
-    head_written: usize,
-    /// Encoding buffer reused across sends.
-    scratch: Vec<u8>,
-}
-
-struct Queued {
-    at: Instant,
-    frame: Vec<u8>,
+impl HasLink for Conn {
+    fn link(&self) -> &Link {
+        &self.link
+    }
 }
 
 const FRAMINGS: [Framing; 5] = [
@@ -267,28 +239,11 @@ fn framing_code(framing: Framing) -> u8 {
 }
 
 impl Conn {
-    fn new(
-        peer: SocketAddr,
-        framing: Framing,
-        terminator: Vec<u8>,
-        attached: Option<(Arc<TcpStream>, CancellationToken)>,
-    ) -> Self {
-        let (stream, session) = match attached {
-            Some((stream, session)) => (Some(stream), Some(session)),
-            None => (None, None),
-        };
+    fn new(link: Link, framing: Framing, terminator: Arc<[u8]>) -> Self {
         Conn {
-            peer,
+            link,
             framing: AtomicU8::new(framing_code(framing)),
             terminator,
-            out: Mutex::new(Outgoing {
-                stream,
-                session,
-                queue: VecDeque::new(),
-                head_written: 0,
-                scratch: Vec::new(),
-            }),
-            wake: Notify::new(),
         }
     }
 
@@ -296,241 +251,44 @@ impl Conn {
         FRAMINGS[self.framing.load(Ordering::Relaxed) as usize % FRAMINGS.len()]
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Outgoing> {
-        self.out.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Closes the current connection (its reader ends it). False when there is none.
-    pub fn close(&self) -> bool {
-        match self.lock().session.as_ref() {
-            Some(session) => {
-                session.cancel();
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn attach(&self, stream: Arc<TcpStream>, session: CancellationToken, out: &TcpOutput) {
-        let mut o = self.lock();
-        o.stream = Some(stream);
-        o.session = Some(session);
-        // A frame half written on the lost connection goes again whole on the new one.
-        o.head_written = 0;
-        expire(&mut o, self.peer, out);
-        drop(o);
-        self.wake.notify_one();
-    }
-
-    fn detach(&self) {
-        let mut o = self.lock();
-        o.stream = None;
-        o.session = None;
-        o.head_written = 0;
-    }
-
-    /// Frames `packet` (OSC, or a payload for lines/raw) and writes or queues it.
-    fn send(&self, packet: &[u8], out: &TcpOutput, framed: bool) {
-        let framing = self.framing();
+    /// Frames `packet` (OSC, or each message's payload for lines/raw) and writes or queues it;
+    /// `framed: false` writes the bytes as they are (a script's `peer.send_bytes`).
+    fn send(&self, packet: &[u8], shared: &LinkShared, framed: bool) {
+        let framing = if framed { self.framing() } else { Framing::Raw };
         if framed && !framing.is_osc() {
             // A text device gets each message's string or blob, not OSC.
             payloads(packet, |payload| match payload {
-                Ok(bytes) => self.send_frame(bytes, framing, out),
-                Err(address) => {
-                    out.metrics.drops.increment(1);
-                    out.log_loss(format_args!(
-                        "`{address}` has no string or blob argument to send to a {} channel",
-                        framing.name()
-                    ));
-                }
+                Ok(bytes) => self.send_frame(bytes, framing, shared),
+                Err(address) => shared.drop_message(format_args!(
+                    "`{address}` has no string or blob argument to send to a {} channel",
+                    framing.name()
+                )),
             });
-        } else if framed {
-            self.send_frame(packet, framing, out);
         } else {
-            self.send_frame(packet, Framing::Raw, out);
+            self.send_frame(packet, framing, shared);
         }
     }
 
-    fn send_frame(&self, payload: &[u8], framing: Framing, out: &TcpOutput) {
-        let mut guard = self.lock();
-        let o = &mut *guard;
-        o.scratch.clear();
-        framing::encode(framing, &self.terminator, payload, &mut o.scratch);
-        if o.queue.is_empty() {
-            if let Some(stream) = &o.stream {
-                match stream.try_write(&o.scratch) {
-                    Ok(n) if n == o.scratch.len() => {
-                        out.sent(payload.len());
-                        return;
-                    }
-                    Ok(n) => o.head_written = n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        // The reader will see the connection end; a client's message waits for
-                        // the next connection, a server connection's is lost with it.
-                        if let Some(session) = &o.session {
-                            session.cancel();
-                        }
-                        if out
-                            .client
-                            .as_ref()
-                            .is_none_or(|c| !std::ptr::eq(&**c, self))
-                        {
-                            out.metrics.send_errors.increment(1);
-                            out.log_loss(format_args!(
-                                "the connection to {} failed: {e}",
-                                self.peer
-                            ));
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-        let settings = out.settings.load();
-        if o.queue.len() >= settings.queue {
-            expire(o, self.peer, out);
-        }
-        if o.queue.len() >= settings.queue {
-            out.metrics.drops.increment(1);
-            let state = if o.stream.is_some() {
-                "it is not reading fast enough"
-            } else {
-                "it is disconnected"
-            };
-            out.log_loss(format_args!(
-                "the queue for {} is full ({} messages; {state}; raise `queue`)",
-                self.peer, settings.queue
-            ));
-            return;
-        }
-        let frame = o.scratch.clone();
-        o.queue.push_back(Queued {
-            at: Instant::now(),
-            frame,
+    fn send_frame(&self, payload: &[u8], framing: Framing, shared: &LinkShared) {
+        self.link.send(shared, |out| {
+            framing::encode(framing, &self.terminator, payload, out)
         });
-        drop(guard);
-        self.wake.notify_one();
-    }
-
-    /// Drains the queue whenever woken, until `stop`.
-    async fn writer(&self, out: &TcpOutput, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = self.wake.notified() => {}
-            }
-            loop {
-                let stream = {
-                    let mut o = self.lock();
-                    expire(&mut o, self.peer, out);
-                    let Some(stream) = o.stream.clone() else {
-                        break;
-                    };
-                    if !flush(&mut o, &stream, out) {
-                        break;
-                    }
-                    stream
-                };
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    ready = stream.writable() => if ready.is_err() { break },
-                }
-            }
-        }
-    }
-}
-
-/// Writes queued frames until the queue is empty (false) or the socket is full (true: wait for it
-/// to be writable).
-fn flush(o: &mut Outgoing, stream: &TcpStream, out: &TcpOutput) -> bool {
-    while let Some(head) = o.queue.front() {
-        match stream.try_write(&head.frame[o.head_written..]) {
-            Ok(n) => {
-                o.head_written += n;
-                if o.head_written == head.frame.len() {
-                    out.sent(head.frame.len());
-                    o.queue.pop_front();
-                    o.head_written = 0;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-            Err(_) => {
-                if let Some(session) = &o.session {
-                    session.cancel();
-                }
-                return false;
-            }
-        }
-    }
-    false
-}
-
-/// Drops queued frames older than `max_age` that have not started to go out.
-fn expire(o: &mut Outgoing, peer: SocketAddr, out: &TcpOutput) {
-    let max_age = out.settings.load().max_age;
-    let now = Instant::now();
-    let skip = usize::from(o.head_written > 0);
-    let before = o.queue.len();
-    let mut index = 0;
-    o.queue.retain(|q| {
-        index += 1;
-        index <= skip || now.duration_since(q.at) <= max_age
-    });
-    let expired = before - o.queue.len();
-    if expired > 0 {
-        out.stream.expired.increment(expired as u64);
-        out.log_loss(format_args!(
-            "{expired} queued message(s) for {peer} waited longer than max_age_ms ({} ms) and were \
-             not sent late",
-            max_age.as_millis()
-        ));
-    }
-}
-
-/// The accepted connections, read without a lock on every forward.
-#[derive(Default)]
-struct ConnSet {
-    list: Vec<Arc<Conn>>,
-    by_addr: HashMap<SocketAddr, usize>,
-}
-
-impl ConnSet {
-    fn with(&self, conn: Option<Arc<Conn>>, without: Option<SocketAddr>) -> ConnSet {
-        let mut list: Vec<Arc<Conn>> = self
-            .list
-            .iter()
-            .filter(|c| Some(c.peer) != without)
-            .cloned()
-            .collect();
-        list.extend(conn);
-        let by_addr = list.iter().enumerate().map(|(i, c)| (c.peer, i)).collect();
-        ConnSet { list, by_addr }
     }
 }
 
 /// The sending half of a TCP channel, shared by every route that forwards to it.
 pub struct TcpOutput {
-    name: Arc<str>,
+    shared: LinkShared,
     settings: ArcSwap<TcpSettings>,
-    conns: ArcSwap<ConnSet>,
+    conns: ArcSwap<ConnSet<Conn>>,
     /// Serialises changes to `conns` (copy on write).
     edit: Mutex<()>,
     client: Option<Arc<Conn>>,
-    metrics: ChannelMetrics,
-    stream: StreamMetrics,
-    loss_log: Mutex<RateLimitedLog>,
 }
 
 impl TcpOutput {
     pub fn connect_address(&self) -> Option<SocketAddr> {
-        self.client.as_ref().map(|c| c.peer)
-    }
-
-    fn sent(&self, bytes: usize) {
-        self.metrics.packets_out.increment(1);
-        self.metrics.bytes_out.increment(bytes as u64);
-        self.stream.frames_out.increment(1);
+        self.client.as_ref().map(|c| c.link.peer)
     }
 
     fn add(&self, conn: Arc<Conn>) {
@@ -550,25 +308,17 @@ impl TcpOutput {
     }
 
     fn conn(&self, addr: SocketAddr) -> Option<Arc<Conn>> {
-        let set = self.conns.load();
-        if let Some(&i) = set.by_addr.get(&addr) {
-            return Some(set.list[i].clone());
+        if let Some(conn) = self.conns.load().get(addr) {
+            return Some(conn.clone());
         }
-        self.client.as_ref().filter(|c| c.peer == addr).cloned()
-    }
-
-    fn log_loss(&self, why: std::fmt::Arguments<'_>) {
-        if let Ok(mut log) = self.loss_log.lock() {
-            let name = &self.name;
-            log.log(|suppressed| {
-                tracing::warn!(channel = %name, suppressed, "Dropped an outgoing message: {why}.")
-            });
-        }
+        self.client
+            .as_ref()
+            .filter(|c| c.link.peer == addr)
+            .cloned()
     }
 
     fn no_connection(&self, origin: &Origin) {
-        self.metrics.drops.increment(1);
-        self.log_loss(format_args!(
+        self.shared.drop_message(format_args!(
             "the connection from {} is closed",
             origin.addr
         ));
@@ -577,40 +327,40 @@ impl TcpOutput {
 
 impl Output for TcpOutput {
     fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     fn send(&self, packet: &[u8]) {
         let set = self.conns.load();
         if set.list.is_empty() && self.client.is_none() {
-            self.metrics.drops.increment(1);
-            self.log_loss(format_args!("the channel has no open connection"));
+            self.shared
+                .drop_message(format_args!("the channel has no open connection"));
             return;
         }
         for conn in &set.list {
-            conn.send(packet, self, true);
+            conn.send(packet, &self.shared, true);
         }
         if let Some(client) = &self.client {
-            client.send(packet, self, true);
+            client.send(packet, &self.shared, true);
         }
     }
 
     fn reply(&self, origin: &Origin, packet: &[u8]) {
         match self.conn(origin.addr) {
-            Some(conn) => conn.send(packet, self, true),
+            Some(conn) => conn.send(packet, &self.shared, true),
             None => self.no_connection(origin),
         }
     }
 
     fn reply_raw(&self, origin: &Origin, bytes: &[u8]) {
         match self.conn(origin.addr) {
-            Some(conn) => conn.send(bytes, self, false),
+            Some(conn) => conn.send(bytes, &self.shared, false),
             None => self.no_connection(origin),
         }
     }
 
     fn close(&self, origin: &Origin) -> bool {
-        self.conn(origin.addr).is_some_and(|conn| conn.close())
+        self.conn(origin.addr).is_some_and(|conn| conn.link.close())
     }
 }
 
@@ -646,7 +396,16 @@ pub async fn run(
         (Startup::Bound(listener), _) => listener,
         (Startup::Retry { .. }, None) => None,
         (Startup::Retry { strict }, Some(addr)) => {
-            match bind_with_retry(&ctx, addr, config.connect, config.retry_ms, strict).await? {
+            match stream::bind_with_retry(
+                &ctx,
+                "tcp",
+                addr,
+                config.connect,
+                config.retry_ms,
+                strict,
+            )
+            .await?
+            {
                 Some(listener) => Some(listener),
                 None => return Ok(()),
             }
@@ -656,10 +415,12 @@ pub async fn run(
     if let Some(listener) = &listener {
         status.listen = listener.local_addr().ok();
         status.up = true;
+        status.error = None;
         ctx.metrics.up.set(1.0);
-        tracing::info!(channel = %ctx.name, listen = ?status.listen, framing = config.framing().name(), "Channel is up: accepting TCP connections.");
+        tracing::info!(channel = %ctx.name, listen = ?status.listen, framing = config.framing().name(),
+            "Channel is up: accepting TCP connections.");
     }
-    ctx.status.set(&ctx.name, status.clone());
+    ctx.status.set(&ctx.name, status);
 
     let client = output.client.clone().map(|conn| {
         let (ctx, output) = (ctx.clone(), output.clone());
@@ -680,52 +441,6 @@ pub async fn run(
     Ok(())
 }
 
-async fn bind_with_retry(
-    ctx: &ChannelContext,
-    addr: SocketAddr,
-    send: Option<SocketAddr>,
-    retry_ms: u64,
-    strict: bool,
-) -> Result<Option<TcpListener>, BindError> {
-    loop {
-        match bind(addr) {
-            Ok(listener) => return Ok(Some(listener)),
-            Err(source) => {
-                let error = BindError {
-                    channel: ctx.name.to_string(),
-                    kind: "tcp",
-                    addr,
-                    source,
-                };
-                ctx.metrics.up.set(0.0);
-                ctx.status.set(
-                    &ctx.name,
-                    ChannelStatus {
-                        kind: "tcp",
-                        listen: None,
-                        local: None,
-                        send,
-                        up: false,
-                        error: Some(format!("{error}; retrying every {retry_ms} ms")),
-                    },
-                );
-                if strict {
-                    return Err(error);
-                }
-                tracing::error!(
-                    channel = %ctx.name, port = addr.port(), retry_ms,
-                    "Channel cannot listen: {error}. The other channels keep running and this one retries; \
-                     free the port or change the channel's address."
-                );
-                tokio::select! {
-                    _ = ctx.cancel.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(Duration::from_millis(retry_ms.max(10))) => {}
-                }
-            }
-        }
-    }
-}
-
 async fn accept_loop(
     listener: TcpListener,
     config: &TcpConfig,
@@ -733,6 +448,7 @@ async fn accept_loop(
     ctx: &Arc<ChannelContext>,
 ) {
     let mut refusals = RateLimitedLog::new(Duration::from_secs(1));
+    let terminator: Arc<[u8]> = config.terminator().into();
     loop {
         let accepted = tokio::select! {
             _ = ctx.cancel.cancelled() => return,
@@ -748,20 +464,13 @@ async fn accept_loop(
             }
         };
         let settings = output.settings.load();
-        let refusal = if !settings.allow.is_empty()
-            && !settings.allow.iter().any(|net| net.contains(peer.ip()))
-        {
-            Some("its address is not in the channel's allow list".to_string())
-        } else if output.connection_count() >= settings.max_connections {
-            Some(format!(
-                "the channel already has max_connections ({}) open",
-                settings.max_connections
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = refusal {
-            output.stream.refused.increment(1);
+        if let Some(why) = stream::refusal(
+            &settings.allow,
+            settings.max_connections,
+            output.connection_count(),
+            peer,
+        ) {
+            output.shared.stream.refused.increment(1);
             refusals.log(|suppressed| {
                 tracing::warn!(channel = %ctx.name, peer = %peer, suppressed, "Refused a connection: {why}.")
             });
@@ -769,88 +478,30 @@ async fn accept_loop(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        output.stream.accepted.increment(1);
+        output.shared.stream.accepted.increment(1);
         let (output, ctx) = (output.clone(), ctx.clone());
         let framing = config.framing();
-        let terminator = config.terminator();
+        let terminator = terminator.clone();
         tokio::spawn(async move {
             let stream = Arc::new(stream);
             let session = ctx.cancel.child_token();
             let conn = Arc::new(Conn::new(
-                peer,
+                Link::accepted(peer, stream.clone(), session.clone()),
                 framing,
-                terminator.clone(),
-                Some((stream.clone(), session.clone())),
+                terminator,
             ));
             output.add(conn.clone());
-            output.stream.connections.increment(1.0);
+            output.shared.stream.connections.increment(1.0);
             tracing::info!(channel = %ctx.name, peer = %peer, "Accepted a connection.");
-            let decoder = Decoder::new(framing, output.settings.load().max_frame, &terminator);
             let mut inbound = ctx.inbound.fork();
-            let reason = serve_connection(
-                &stream,
-                &conn,
-                &session,
-                decoder,
-                &mut inbound,
-                &output,
-                &ctx,
-            )
-            .await;
+            let reason =
+                serve_connection(&stream, &conn, &session, &mut inbound, &output, &ctx).await;
             output.remove(peer);
-            output.stream.connections.decrement(1.0);
-            let dropped = {
-                let mut o = conn.lock();
-                o.stream = None;
-                let n = o.queue.len();
-                o.queue.clear();
-                n
-            };
-            if dropped > 0 {
-                output.metrics.drops.increment(dropped as u64);
-            }
-            log_close(&ctx.name, peer, &reason);
+            output.shared.stream.connections.decrement(1.0);
+            conn.link.detach(&output.shared);
+            reason.log(&ctx.name, peer);
             event_close(&mut inbound, &output, &ctx, peer, &reason);
         });
-    }
-}
-
-fn log_close(channel: &str, peer: SocketAddr, reason: &Closed) {
-    match reason {
-        Closed::Framing(e) => tracing::warn!(channel = %channel, peer = %peer,
-            "Closed the connection: {e}. Other connections are not affected."),
-        Closed::Stalled(ms) => tracing::warn!(channel = %channel, peer = %peer,
-            "Closed the connection: it did not finish a frame within frame_timeout_ms ({ms} ms)."),
-        Closed::Idle(ms) => tracing::info!(channel = %channel, peer = %peer,
-            "Closed the connection: nothing arrived for idle_timeout_ms ({ms} ms)."),
-        other => {
-            tracing::info!(channel = %channel, peer = %peer, "Connection closed: {}.", other.describe())
-        }
-    }
-}
-
-/// Why a connection ended.
-#[derive(Debug)]
-enum Closed {
-    ByPeer,
-    Error(io::Error),
-    Framing(framing::FramingError),
-    Stalled(u128),
-    Idle(u128),
-    /// Closed on our side: `peer.close()`, a write error, the channel stopping.
-    Local,
-}
-
-impl Closed {
-    fn describe(&self) -> String {
-        match self {
-            Closed::ByPeer => "closed by the other end".into(),
-            Closed::Error(e) => format!("connection error: {e}"),
-            Closed::Framing(e) => format!("framing error: {e}"),
-            Closed::Stalled(_) => "did not finish a frame within frame_timeout_ms".into(),
-            Closed::Idle(_) => "idle for idle_timeout_ms".into(),
-            Closed::Local => "closed by patchbay".into(),
-        }
     }
 }
 
@@ -913,18 +564,17 @@ async fn serve_connection(
     stream: &TcpStream,
     conn: &Conn,
     session: &CancellationToken,
-    decoder: Decoder,
     inbound: &mut Dispatcher,
     output: &TcpOutput,
     ctx: &ChannelContext,
 ) -> Closed {
-    event_open(inbound, output, ctx, conn.peer);
+    event_open(inbound, output, ctx, conn.link.peer);
     let reading = async {
-        let reason = read_frames(stream, conn, session, decoder, inbound, output, ctx).await;
+        let reason = read_frames(stream, conn, session, inbound, output, ctx).await;
         session.cancel();
         reason
     };
-    let (reason, ()) = tokio::join!(reading, conn.writer(output, session.clone()));
+    let (reason, ()) = tokio::join!(reading, conn.link.writer(&output.shared, session.clone()));
     reason
 }
 
@@ -933,117 +583,54 @@ async fn read_frames(
     stream: &TcpStream,
     conn: &Conn,
     session: &CancellationToken,
-    mut decoder: Decoder,
     inbound: &mut Dispatcher,
     output: &TcpOutput,
     ctx: &ChannelContext,
 ) -> Closed {
     let origin = Origin {
         channel: ctx.id,
-        addr: conn.peer,
+        addr: conn.link.peer,
     };
-    let mut buffer: Vec<u8> = Vec::new();
-    let (mut start, mut filled) = (0usize, 0usize);
-    let mut last_input = tokio::time::Instant::now();
-    let mut frame_started: Option<tokio::time::Instant> = None;
+    let mut decoder = Decoder::new(
+        conn.framing(),
+        output.settings.load().max_frame,
+        &conn.terminator,
+    );
     let mut decided = decoder.framing().is_some();
-    let kind = match conn.framing() {
-        Framing::Lines => FrameKind::Line,
-        Framing::Raw => FrameKind::Chunk,
-        _ => FrameKind::Osc,
+    let lines = conn.framing() == Framing::Lines;
+    let raw = conn.framing() == Framing::Raw;
+    let timeouts = || {
+        let settings = output.settings.load();
+        ReadTimeouts {
+            idle: settings.idle_timeout,
+            frame: settings.frame_timeout,
+        }
     };
-    loop {
-        let settings = output.settings.load_full();
+    stream::read_loop(stream, session, &output.shared.stream, timeouts, |input| {
+        let settings = output.settings.load();
         decoder.set_max_frame(settings.max_frame);
-        let idle_deadline = settings.idle_timeout.map(|t| last_input + t);
-        let frame_deadline = frame_started
-            .zip(settings.frame_timeout)
-            .map(|(s, t)| s + t);
-        let deadline = match (idle_deadline, frame_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let ready = async {
-            match deadline {
-                Some(at) => tokio::time::timeout_at(at, stream.readable()).await.ok(),
-                None => Some(stream.readable().await),
-            }
-        };
-        let ready = tokio::select! {
-            _ = session.cancelled() => return Closed::Local,
-            ready = ready => ready,
-        };
-        match ready {
-            None if frame_deadline == deadline => {
-                output.stream.framing_errors.increment(1);
-                return Closed::Stalled(settings.frame_timeout.unwrap_or_default().as_millis());
-            }
-            None => return Closed::Idle(settings.idle_timeout.unwrap_or_default().as_millis()),
-            Some(Err(e)) => return Closed::Error(e),
-            Some(Ok(())) => {}
-        }
-        if buffer.is_empty() {
-            buffer.resize(4096, 0);
-        }
-        if filled == buffer.len() {
-            if start > 0 {
-                buffer.copy_within(start..filled, 0);
-                filled -= start;
-                start = 0;
-            } else {
-                // The decoder refuses a frame past max_frame before the buffer gets much larger.
-                buffer.resize(buffer.len() * 2, 0);
-            }
-        }
-        let n = match stream.try_read(&mut buffer[filled..]) {
-            Ok(0) => return Closed::ByPeer,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Closed::Error(e),
-        };
-        filled += n;
-        last_input = tokio::time::Instant::now();
         if !decided {
             // Replies to the first frames must already use the framing this connection speaks.
-            if let Some(framing) = decoder.decide(&buffer[start..filled]) {
+            if let Some(framing) = decoder.decide(input) {
                 conn.framing.store(framing_code(framing), Ordering::Relaxed);
                 decided = true;
             }
         }
         let mut frames = 0u64;
-        let result = decoder.decode(&buffer[start..filled], &mut |frame| {
+        let result = decoder.decode(input, &mut |frame| {
             frames += 1;
-            match kind {
-                FrameKind::Osc => inbound.datagram(frame, origin),
-                FrameKind::Line => inbound.text_line(frame, &settings.raw_address, origin),
-                FrameKind::Chunk => inbound.raw_datagram(frame, &settings.raw_address, origin),
+            if lines {
+                inbound.text_line(frame, &settings.raw_address, origin)
+            } else if raw {
+                inbound.raw_datagram(frame, &settings.raw_address, origin)
+            } else {
+                inbound.datagram(frame, origin)
             }
         });
-        output.stream.frames_in.increment(frames);
-        match result {
-            Ok(used) => start += used,
-            Err(e) => {
-                output.stream.framing_errors.increment(1);
-                return Closed::Framing(e);
-            }
-        }
-        if start == filled {
-            (start, filled) = (0, 0);
-            frame_started = None;
-            // A large frame is over: an idle connection keeps only a small buffer.
-            if buffer.len() > 64 * 1024 {
-                buffer = vec![0; 4096];
-            }
-        } else if frame_started.is_none() {
-            frame_started = Some(last_input);
-        }
-    }
-}
-
-enum FrameKind {
-    Osc,
-    Line,
-    Chunk,
+        output.shared.stream.frames_in.increment(frames);
+        result.map_err(|e| Closed::Protocol(e.to_string()))
+    })
+    .await
 }
 
 /// A client channel's connection: connect, serve, and after a loss reconnect with backoff. Messages
@@ -1055,44 +642,41 @@ async fn client(
     server_part: bool,
 ) {
     let mut inbound = ctx.inbound.fork();
+    let server = conn.link.peer;
     let mut backoff = output.settings.load().reconnect;
     let mut attempts = 0u64;
     let mut failures = RateLimitedLog::new(Duration::from_secs(10));
     let writer = {
         let (conn, output, stop) = (conn.clone(), output.clone(), ctx.cancel.clone());
-        tokio::spawn(async move { conn.writer(&output, stop).await })
+        tokio::spawn(async move { conn.link.writer(&output.shared, stop).await })
     };
     loop {
         if attempts > 0 {
-            output.stream.reconnects.increment(1);
+            output.shared.stream.reconnects.increment(1);
         }
         attempts += 1;
-        let connecting =
-            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(conn.peer));
+        let connecting = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(server));
         let result = tokio::select! {
             _ = ctx.cancel.cancelled() => break,
             result = connecting => result,
         };
         let stream = match result {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
+            failed => {
                 let settings = output.settings.load();
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer within 5 s".to_string(),
+                };
                 failures.log(|suppressed| tracing::warn!(
-                    channel = %ctx.name, server = %conn.peer, suppressed,
-                    "Cannot connect: {e}. Retrying with backoff; messages are queued meanwhile (up to {} for {} ms).",
+                    channel = %ctx.name, server = %server, suppressed,
+                    "Cannot connect: {why}. Retrying with backoff; messages are queued meanwhile (up to {} for {} ms).",
                     settings.queue, settings.max_age.as_millis()
                 ));
-                if !sleep_or_cancel(&ctx.cancel, backoff).await {
+                if !stream::sleep_or_cancel(&ctx.cancel, backoff).await {
                     break;
                 }
                 backoff = (backoff * 2).min(settings.reconnect_max);
-                continue;
-            }
-            Err(_) => {
-                failures.log(|suppressed| {
-                    tracing::warn!(channel = %ctx.name, server = %conn.peer, suppressed,
-                    "Cannot connect: no answer within 5 s. Retrying with backoff.")
-                });
                 continue;
             }
         };
@@ -1100,8 +684,9 @@ async fn client(
         let local = stream.local_addr().ok();
         let stream = Arc::new(stream);
         let session = ctx.cancel.child_token();
-        conn.attach(stream.clone(), session.clone(), &output);
-        output.stream.connections.increment(1.0);
+        conn.link
+            .attach(stream.clone(), session.clone(), &output.shared);
+        output.shared.stream.connections.increment(1.0);
         ctx.status.update(&ctx.name, |s| {
             s.local = local;
             if !server_part {
@@ -1112,27 +697,13 @@ async fn client(
         if !server_part {
             ctx.metrics.up.set(1.0);
         }
-        tracing::info!(channel = %ctx.name, server = %conn.peer, local = ?local, "Connected.");
+        tracing::info!(channel = %ctx.name, server = %server, local = ?local, "Connected.");
         backoff = output.settings.load().reconnect;
-        event_open(&mut inbound, &output, &ctx, conn.peer);
-        let decoder = Decoder::new(
-            conn.framing(),
-            output.settings.load().max_frame,
-            &conn.terminator,
-        );
-        let reason = read_frames(
-            &stream,
-            &conn,
-            &session,
-            decoder,
-            &mut inbound,
-            &output,
-            &ctx,
-        )
-        .await;
+        event_open(&mut inbound, &output, &ctx, server);
+        let reason = read_frames(&stream, &conn, &session, &mut inbound, &output, &ctx).await;
         session.cancel();
-        conn.detach();
-        output.stream.connections.decrement(1.0);
+        conn.link.detach(&output.shared);
+        output.shared.stream.connections.decrement(1.0);
         if ctx.cancel.is_cancelled() {
             break;
         }
@@ -1140,26 +711,18 @@ async fn client(
             s.local = None;
             if !server_part {
                 s.up = false;
-                s.error = Some(format!("connection to {} lost; reconnecting", conn.peer));
+                s.error = Some(format!("connection to {server} lost; reconnecting"));
             }
         });
         if !server_part && !ctx.is_replaced() {
             ctx.metrics.up.set(0.0);
         }
-        tracing::warn!(channel = %ctx.name, server = %conn.peer,
+        tracing::warn!(channel = %ctx.name, server = %server,
             "Lost the connection: {}. Reconnecting; messages are queued meanwhile.", reason.describe());
-        event_close(&mut inbound, &output, &ctx, conn.peer, &reason);
-        if !sleep_or_cancel(&ctx.cancel, backoff).await {
+        event_close(&mut inbound, &output, &ctx, server, &reason);
+        if !stream::sleep_or_cancel(&ctx.cancel, backoff).await {
             break;
         }
     }
     let _ = writer.await;
-}
-
-/// False when cancelled.
-async fn sleep_or_cancel(cancel: &CancellationToken, time: Duration) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(time) => true,
-    }
 }
