@@ -10,6 +10,7 @@ pub mod broadcast;
 pub mod datagram;
 pub mod framing;
 pub mod multicast;
+pub mod peer;
 pub mod stream;
 pub mod tcp;
 pub mod udp;
