@@ -206,14 +206,8 @@ impl Decoder {
         let mut at = 0;
         loop {
             let rest = &input[at..];
-            // A length-prefixed OSC packet at the start of a frame: 0, then 3 size bytes, then '/'.
-            if rest.len() >= 5 && rest[0] == 0 && (rest[4] == b'/' || rest[4] == b'#') {
-                return Err(FramingError::Mismatch {
-                    expected: "slip",
-                    looks_like: "length-prefixed OSC (a 4-byte size, then '/' or '#')",
-                });
-            }
             let Some(offset) = rest[self.scanned..].iter().position(|&b| b == END) else {
+                looks_length_prefixed(rest)?;
                 self.scanned = rest.len();
                 // Escaped, a frame takes at most twice its size.
                 if rest.len() > self.max_frame.saturating_mul(2) {
@@ -227,6 +221,7 @@ impl Decoder {
             let end = self.scanned + offset;
             self.scanned = 0;
             let escaped = &rest[..end];
+            looks_length_prefixed(escaped)?;
             at += end + 1;
             if escaped.is_empty() {
                 continue;
@@ -297,6 +292,19 @@ impl Decoder {
             at += end + term.len();
         }
     }
+}
+
+/// A length-prefixed OSC packet at the start of a SLIP frame: 0, three more size bytes, then `/`
+/// or `#`. Checked on a frame's first five bytes once they are there, complete frame or not, so
+/// the verdict does not depend on how reads split the stream.
+fn looks_length_prefixed(frame: &[u8]) -> Result<(), FramingError> {
+    if frame.len() >= 5 && frame[0] == 0 && (frame[4] == b'/' || frame[4] == b'#') {
+        return Err(FramingError::Mismatch {
+            expected: "slip",
+            looks_like: "length-prefixed OSC (a 4-byte size, then '/' or '#')",
+        });
+    }
+    Ok(())
 }
 
 /// Appends `packet` framed for the wire to `out`. `auto` (a connection that has not sent anything
