@@ -83,6 +83,8 @@ pub struct Dispatcher {
     encoded: Vec<u8>,
     raw: Vec<u8>,
     bad_input_log: RateLimitedLog,
+    /// The full value of the peer payload being routed, for scripts.
+    value: Option<Arc<serde_json::Value>>,
 }
 
 impl Dispatcher {
@@ -106,6 +108,7 @@ impl Dispatcher {
             encoded: Vec::new(),
             raw: Vec::new(),
             bad_input_log: RateLimitedLog::new(Duration::from_secs(1)),
+            value: None,
         }
     }
 
@@ -119,6 +122,20 @@ impl Dispatcher {
             self.scheduler.clone(),
             self.metrics.clone(),
         )
+    }
+
+    /// Routes a message made from a peer's json or raw payload; scripts also get the full value.
+    pub fn value_message(&mut self, bytes: &[u8], origin: Origin, value: Arc<serde_json::Value>) {
+        self.metrics.packets_in.increment(1);
+        self.metrics.bytes_in.increment(bytes.len() as u64);
+        match PacketRef::parse(bytes, &self.limits) {
+            Ok(packet) => {
+                self.value = Some(value);
+                self.packet(packet, origin);
+                self.value = None;
+            }
+            Err(error) => self.bad_packet(bytes.len(), &origin, &error),
+        }
     }
 
     /// Routes a message the host made itself (a connection event): not counted as received.
@@ -236,8 +253,14 @@ impl Dispatcher {
             }
             for target in route.targets.iter() {
                 if let Target::Script { script, function } = target {
-                    let message =
-                        script_message(message, &self.name, &route.name, &self.caps, origin);
+                    let message = script_message(
+                        message,
+                        &self.name,
+                        &route.name,
+                        &self.caps,
+                        origin,
+                        &self.value,
+                    );
                     script.deliver(function.clone(), message);
                     continue;
                 }
@@ -295,6 +318,7 @@ impl Dispatcher {
                                     &route.name,
                                     &self.caps,
                                     origin,
+                                    &self.value,
                                 );
                                 let (script, function) = (script.clone(), function.clone());
                                 when_due(&self.scheduler, timing, now.1, move || {
@@ -378,6 +402,7 @@ fn script_message(
     route: &Arc<str>,
     caps: &Captures,
     origin: &Origin,
+    value: &Option<Arc<serde_json::Value>>,
 ) -> ScriptMessage {
     let received_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -396,6 +421,7 @@ fn script_message(
             .map(|&(a, b)| message.address[a..b].to_string())
             .collect(),
         origin: *origin,
+        value: value.clone(),
     }
 }
 

@@ -29,6 +29,12 @@ pub const CHANNEL_FRAMES_OUT: &str = "patchbay_channel_frames_out_total";
 pub const CHANNEL_FRAMING_ERRORS: &str = "patchbay_channel_framing_errors_total";
 pub const CHANNEL_RECONNECTS: &str = "patchbay_channel_reconnects_total";
 pub const CHANNEL_EXPIRED: &str = "patchbay_channel_expired_total";
+pub const PEER_OFFERS: &str = "patchbay_peer_offers_total";
+pub const PEER_DATA_IN: &str = "patchbay_peer_data_in_total";
+pub const PEER_DATA_OUT: &str = "patchbay_peer_data_out_total";
+pub const PEER_PROTOCOL_ERRORS: &str = "patchbay_peer_protocol_errors_total";
+pub const PEER_SKIPPED: &str = "patchbay_peer_skipped_total";
+pub const PEER_PONGS: &str = "patchbay_peer_pongs_total";
 pub const ROUTE_MATCHES: &str = "patchbay_route_matches_total";
 pub const UNMATCHED: &str = "patchbay_unmatched_total";
 pub const RELOADS: &str = "patchbay_reloads_total";
@@ -71,6 +77,12 @@ pub const ALL: &[(&str, &str)] = &[
     (CHANNEL_FRAMING_ERRORS, "connections closed because their byte stream did not parse under the channel's framing"),
     (CHANNEL_RECONNECTS, "connection attempts of a client channel after its first"),
     (CHANNEL_EXPIRED, "queued outgoing messages dropped because they waited longer than max_age_ms"),
+    (PEER_OFFERS, "peer offers by result: accepted, denied (by us, or by the peer we offered to)"),
+    (PEER_DATA_IN, "peer payloads received, by data type (json, bytes, raw)"),
+    (PEER_DATA_OUT, "peer payloads sent, by data type"),
+    (PEER_PROTOCOL_ERRORS, "peer protocol errors: bad headers, payloads that do not decode, handshakes that time out, bad discovery datagrams"),
+    (PEER_SKIPPED, "peer messages skipped: a strict connection's other-type DATA, a connection whose type cannot carry the message, a record of the wrong size for a stream"),
+    (PEER_PONGS, "discovery PINGs answered with a PONG"),
     (ROUTE_MATCHES, "messages a route matched"),
     (UNMATCHED, "messages no route matched"),
     (RELOADS, "config reloads by result: applied, invalid (kept the running config), rolled_back (applying failed)"),
@@ -153,6 +165,51 @@ impl StreamMetrics {
             expired: counter!(CHANNEL_EXPIRED, &label()),
         }
     }
+}
+
+/// The extra handles of peer channels.
+#[derive(Clone)]
+pub struct PeerMetrics {
+    pub accepted: Counter,
+    pub denied: Counter,
+    data_in: [Counter; 3],
+    data_out: [Counter; 3],
+    pub protocol_errors: Counter,
+    pub skipped: Counter,
+    pub pongs: Counter,
+}
+
+/// The data types in the order [`PeerMetrics`] keeps them.
+const DATA_TYPES: [&str; 3] = ["json", "bytes", "raw"];
+
+impl PeerMetrics {
+    pub fn new(channel: &str) -> Self {
+        let ch = || channel.to_string();
+        let by_type = |name: &'static str| {
+            DATA_TYPES.map(|t| counter!(name, "channel" => ch(), "data_type" => t))
+        };
+        PeerMetrics {
+            accepted: counter!(PEER_OFFERS, "channel" => ch(), "result" => "accepted"),
+            denied: counter!(PEER_OFFERS, "channel" => ch(), "result" => "denied"),
+            data_in: by_type(PEER_DATA_IN),
+            data_out: by_type(PEER_DATA_OUT),
+            protocol_errors: counter!(PEER_PROTOCOL_ERRORS, "channel" => ch()),
+            skipped: counter!(PEER_SKIPPED, "channel" => ch()),
+            pongs: counter!(PEER_PONGS, "channel" => ch()),
+        }
+    }
+
+    pub fn data_in(&self, data_type: &str) -> &Counter {
+        &self.data_in[type_index(data_type)]
+    }
+
+    pub fn data_out(&self, data_type: &str) -> &Counter {
+        &self.data_out[type_index(data_type)]
+    }
+}
+
+fn type_index(data_type: &str) -> usize {
+    DATA_TYPES.iter().position(|t| *t == data_type).unwrap_or(0)
 }
 
 pub fn route_matches(route: &str) -> Counter {

@@ -162,6 +162,7 @@ fn channel_change(old: &ChannelPlan, new: &ChannelPlan) -> Option<ChannelChange>
         (ChannelKind::Multicast(a), ChannelKind::Multicast(b)) => a.needs_rebind(b),
         (ChannelKind::Broadcast(a), ChannelKind::Broadcast(b)) => a.needs_rebind(b),
         (ChannelKind::Tcp(a), ChannelKind::Tcp(b)) => a.needs_rebind(b),
+        (ChannelKind::Peer(a), ChannelKind::Peer(b)) => a.needs_rebind(b),
         _ => true,
     };
     Some(if rebind {
@@ -187,6 +188,7 @@ fn as_map(kind: &ChannelKind) -> serde_json::Map<String, serde_json::Value> {
         ChannelKind::Multicast(c) => serde_json::to_value(c),
         ChannelKind::Broadcast(c) => serde_json::to_value(c),
         ChannelKind::Tcp(c) => serde_json::to_value(c),
+        ChannelKind::Peer(c) => serde_json::to_value(c),
     };
     match value {
         Ok(serde_json::Value::Object(map)) => map,

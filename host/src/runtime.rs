@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::datagram::{DatagramOutput, OwnDatagrams, Startup};
+use crate::channel::peer::channel::{self as peer, PeerOutput};
 use crate::channel::tcp::{self, TcpOutput};
 use crate::channel::{broadcast, multicast, udp, ChannelContext, Output, StatusBoard};
 use crate::config::{self, ChannelKind, ChannelPlan, ConfigErrors, Plan};
@@ -101,6 +102,7 @@ enum ChannelOutput {
     /// With the memory of what it sent, for kinds whose own datagrams can come back.
     Datagram(Arc<DatagramOutput>, Arc<OwnDatagrams>),
     Tcp(Arc<TcpOutput>),
+    Peer(Arc<PeerOutput>),
 }
 
 impl ChannelOutput {
@@ -108,6 +110,7 @@ impl ChannelOutput {
         match self {
             ChannelOutput::Datagram(output, _) => output.clone(),
             ChannelOutput::Tcp(output) => output.clone(),
+            ChannelOutput::Peer(output) => output.clone(),
         }
     }
 
@@ -116,6 +119,7 @@ impl ChannelOutput {
         match self {
             ChannelOutput::Datagram(output, _) => output.destination(),
             ChannelOutput::Tcp(output) => output.connect_address(),
+            ChannelOutput::Peer(output) => output.connect_address(),
         }
     }
 }
@@ -125,12 +129,46 @@ enum Bound {
     Udp(tokio::net::UdpSocket),
     /// None for a client-only channel.
     Tcp(Option<tokio::net::TcpListener>),
+    Peer(peer::PeerBound),
 }
 
 /// How a channel starts: with what a reload bound, or binding (with retries) by itself.
 enum ChannelStart {
     Bound(Bound),
     Retry { strict: bool },
+}
+
+impl ChannelStart {
+    fn strict(&self) -> bool {
+        matches!(self, ChannelStart::Retry { strict: true })
+    }
+
+    fn udp(self) -> Startup {
+        match self {
+            ChannelStart::Bound(Bound::Udp(socket)) => Startup::Bound(socket),
+            other => Startup::Retry {
+                strict: other.strict(),
+            },
+        }
+    }
+
+    fn tcp(self) -> tcp::Startup {
+        match self {
+            ChannelStart::Bound(Bound::Tcp(listener)) => tcp::Startup::Bound(listener),
+            other => tcp::Startup::Retry {
+                strict: other.strict(),
+            },
+        }
+    }
+
+    fn peer(self) -> peer::Startup {
+        match self {
+            ChannelStart::Bound(Bound::Peer(bound)) => peer::Startup::Bound(bound),
+            other => peer::Startup::Retry {
+                strict: other.strict(),
+            },
+        }
+    }
 }
 
 /// The running host.
@@ -358,6 +396,9 @@ impl Host {
             ChannelKind::Tcp(cfg) => {
                 ChannelOutput::Tcp(Arc::new(cfg.output(name, channel_metrics)))
             }
+            ChannelKind::Peer(cfg) => {
+                ChannelOutput::Peer(Arc::new(cfg.output(name, channel_metrics)))
+            }
         };
         (id, output)
     }
@@ -392,30 +433,21 @@ impl Host {
         let task_output = output.clone();
         let failures = self.failures.clone();
         let task = tokio::spawn(async move {
-            let strict = matches!(start, ChannelStart::Retry { strict: true });
-            let (udp_start, tcp_start) = match start {
-                ChannelStart::Bound(Bound::Udp(socket)) => {
-                    (Startup::Bound(socket), tcp::Startup::Retry { strict })
-                }
-                ChannelStart::Bound(Bound::Tcp(listener)) => {
-                    (Startup::Retry { strict }, tcp::Startup::Bound(listener))
-                }
-                ChannelStart::Retry { strict } => {
-                    (Startup::Retry { strict }, tcp::Startup::Retry { strict })
-                }
-            };
             let result = match (kind, task_output) {
                 (ChannelKind::Udp(cfg), ChannelOutput::Datagram(output, _)) => {
-                    udp::run(cfg, output, ctx, udp_start).await
+                    udp::run(cfg, output, ctx, start.udp()).await
                 }
                 (ChannelKind::Multicast(cfg), ChannelOutput::Datagram(output, own)) => {
-                    multicast::run(cfg, output, own, ctx, udp_start).await
+                    multicast::run(cfg, output, own, ctx, start.udp()).await
                 }
                 (ChannelKind::Broadcast(cfg), ChannelOutput::Datagram(output, own)) => {
-                    broadcast::run(cfg, output, own, ctx, udp_start).await
+                    broadcast::run(cfg, output, own, ctx, start.udp()).await
                 }
                 (ChannelKind::Tcp(cfg), ChannelOutput::Tcp(output)) => {
-                    tcp::run(cfg, output, ctx, tcp_start).await
+                    tcp::run(cfg, output, ctx, start.tcp()).await
+                }
+                (ChannelKind::Peer(cfg), ChannelOutput::Peer(output)) => {
+                    peer::run(cfg, output, ctx, start.peer()).await
                 }
                 _ => unreachable!("prepare_channel makes the output of the channel's kind"),
             };
@@ -684,6 +716,10 @@ impl Host {
                     cfg.apply_live(name, output);
                     Ok(())
                 }
+                (ChannelKind::Peer(_), ChannelKind::Peer(cfg), ChannelOutput::Peer(output)) => {
+                    cfg.apply_live(name, output);
+                    Ok(())
+                }
                 _ => Ok(()),
             };
             if let Err(e) = result {
@@ -754,6 +790,7 @@ fn bind(kind: &ChannelKind) -> std::io::Result<Bound> {
             .map(crate::channel::stream::bind)
             .transpose()
             .map(Bound::Tcp),
+        ChannelKind::Peer(cfg) => peer::bind(cfg).map(Bound::Peer),
     }
 }
 
@@ -763,6 +800,9 @@ fn bind_address(kind: &ChannelKind) -> SocketAddr {
         ChannelKind::Multicast(cfg) => SocketAddr::from(([0, 0, 0, 0], cfg.port)),
         ChannelKind::Broadcast(cfg) => cfg.listen,
         ChannelKind::Tcp(cfg) => cfg
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        ChannelKind::Peer(cfg) => cfg
             .listen
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
     }

@@ -735,6 +735,7 @@ pub(super) fn measure_rhai(params: &Params, workdir: &Path) -> Result<RhaiCost, 
         received_ms: 0,
         captures: vec!["3".into()],
         origin,
+        value: None,
     };
     let peer = Peer::new(origin, "desk".into(), &ctx);
     let mut scope = Scope::new();

@@ -50,6 +50,15 @@ pub trait Output: Send + Sync {
     fn close(&self, _origin: &Origin) -> bool {
         false
     }
+    /// Sends a value (a script's `peer.send(value)`) in the connection's data type. `None` for
+    /// channels that carry no values (everything but `peer`): the caller sends text instead.
+    fn send_value(
+        &self,
+        _origin: &Origin,
+        _value: &serde_json::Value,
+    ) -> Option<Result<(), String>> {
+        None
+    }
 }
 
 /// What `run` of any transport gets.
@@ -91,7 +100,7 @@ impl ChannelStatus {
     /// Whether the channel binds a port of its own (`--strict` start-up requires that it did). A
     /// client-only stream channel binds nothing; it connects, and waits while its server is away.
     pub fn binds(&self) -> bool {
-        self.listen.is_some() || !matches!(self.kind, "tcp")
+        self.listen.is_some() || !matches!(self.kind, "tcp" | "peer")
     }
 }
 

@@ -12,6 +12,7 @@ use crate::channel::broadcast::BroadcastConfig;
 use crate::channel::datagram::Format;
 use crate::channel::framing::Framing;
 use crate::channel::multicast::MulticastConfig;
+use crate::channel::peer::channel::PeerConfig;
 use crate::channel::tcp::TcpConfig;
 use crate::channel::udp::UdpConfig;
 
@@ -24,6 +25,7 @@ pub(crate) const KINDS: &[(&str, Builder)] = &[
     ("multicast", multicast),
     ("broadcast", broadcast),
     ("tcp", tcp),
+    ("peer", peer),
 ];
 
 pub(crate) fn builder(kind: &str) -> Option<Builder> {
@@ -364,6 +366,106 @@ fn tcp(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<BuiltCh
     }
     ok.then_some(BuiltChannel {
         kind: ChannelKind::Tcp(cfg),
+        claims,
+        forwardable: Ok(()),
+    })
+}
+
+fn peer(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<BuiltChannel> {
+    let cfg = typed::<PeerConfig>(node, path, errs)?;
+    let mut ok = true;
+    let mut problem = |key: &str, message: String| {
+        let (line, column) = pos(node, key);
+        errs.at_pos(line, column, &join(path, key), message);
+        ok = false;
+    };
+    if cfg.listen.is_none() && cfg.connect.is_empty() {
+        problem(
+            "kind",
+            format!(
+                "peer channel `{name}` needs `listen: ip:port` to accept offers, `connect:` with the \
+                 peers to connect to (`- {{ address: ip:port, data_type: json }}`), or both"
+            ),
+        );
+    }
+    for key in ["json_address", "raw_address"] {
+        let address = match key {
+            "json_address" => cfg.json_address.as_deref(),
+            _ => cfg.raw_address.as_deref(),
+        };
+        if let Some(address) = address {
+            if !address.starts_with('/')
+                || patchbay_plugin_api::osc::pattern::has_pattern_syntax(address)
+            {
+                problem(
+                    key,
+                    format!("`{key}: {address}` must be a plain OSC address starting with `/`"),
+                );
+            }
+        }
+    }
+    for (key, value) in [
+        ("max_data", cfg.max_data),
+        ("queue", cfg.queue),
+        ("max_pickle_items", cfg.max_pickle_items),
+    ] {
+        if value == 0 {
+            problem(
+                key,
+                format!("`{key}: 0` would refuse everything; use a positive number"),
+            );
+        }
+    }
+    if cfg.max_data > 256 << 20 {
+        problem(
+            "max_data",
+            format!("`max_data: {}` is more than 256 MiB; one payload that large would be buffered whole", cfg.max_data),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, target) in cfg.connect.iter().enumerate() {
+        if !seen.insert(target.address) {
+            problem(
+                "connect",
+                format!(
+                    "`{}` is listed twice (item {i}); one connection per peer",
+                    target.address
+                ),
+            );
+        }
+        if Some(target.address) == cfg.listen {
+            problem(
+                "connect",
+                format!(
+                    "`{}` is this channel's own `listen` address",
+                    target.address
+                ),
+            );
+        }
+    }
+    let mut claims = Vec::new();
+    if let Some(addr) = cfg.listen {
+        let (line, column) = pos(node, "listen");
+        claims.push(PortClaim {
+            proto: Proto::Tcp,
+            addr,
+            path: join(path, "listen"),
+            line,
+            column,
+        });
+    }
+    if let Some(addr) = cfg.discovery {
+        let (line, column) = pos(node, "discovery");
+        claims.push(PortClaim {
+            proto: Proto::Udp,
+            addr,
+            path: join(path, "discovery"),
+            line,
+            column,
+        });
+    }
+    ok.then_some(BuiltChannel {
+        kind: ChannelKind::Peer(cfg),
         claims,
         forwardable: Ok(()),
     })

@@ -7,6 +7,7 @@ use patchbay_plugin_api::osc::Pattern;
 
 use crate::channel::broadcast::BroadcastConfig;
 use crate::channel::multicast::MulticastConfig;
+use crate::channel::peer::channel::PeerConfig;
 use crate::channel::tcp::TcpConfig;
 use crate::channel::udp::UdpConfig;
 use crate::plugin::PluginsPlan;
@@ -40,6 +41,7 @@ pub enum ChannelKind {
     Multicast(MulticastConfig),
     Broadcast(BroadcastConfig),
     Tcp(TcpConfig),
+    Peer(PeerConfig),
 }
 
 impl ChannelKind {
@@ -49,6 +51,7 @@ impl ChannelKind {
             ChannelKind::Multicast(_) => "multicast",
             ChannelKind::Broadcast(_) => "broadcast",
             ChannelKind::Tcp(_) => "tcp",
+            ChannelKind::Peer(_) => "peer",
         }
     }
 }

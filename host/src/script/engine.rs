@@ -371,6 +371,26 @@ impl Peer {
         Ok(bytes.len() as INT)
     }
 
+    /// `peer.send(value)` on a peer channel: the value in the connection's data type. `None` on
+    /// channels that carry no values (the TouchDesigner form, strings as text, applies there).
+    fn send_value(&self, value: &Dynamic) -> Option<RhaiResult<INT>> {
+        let board = self.board.load();
+        let output = board.output(self.origin.channel)?;
+        let json: serde_json::Value = match rhai::serde::from_dynamic(value) {
+            Ok(json) => json,
+            Err(e) => {
+                return Some(Err(
+                    format!("peer.send: the value cannot be sent: {e}").into()
+                ))
+            }
+        };
+        let sent = output.send_value(&self.origin, &json)?;
+        Some(
+            sent.map(|()| 1)
+                .map_err(|e| format!("peer.send to {}: {e}", self.origin.addr).into()),
+        )
+    }
+
     fn send_osc_messages(
         &self,
         messages: Vec<OscMessage>,
@@ -635,6 +655,9 @@ pub fn build(ctx: &ScriptContext) -> Engine {
         )
     });
     engine.register_fn("send", |p: &mut Peer, strings: Array| {
+        if let Some(sent) = p.send_value(&Dynamic::from_array(strings.clone())) {
+            return sent;
+        }
         p.reply(
             &values::bytes_for_send(&strings, None).map_err(to_rhai_error)?,
             false,
@@ -645,6 +668,17 @@ pub fn build(ctx: &ScriptContext) -> Engine {
             &values::bytes_for_send(&strings, Some(terminator)).map_err(to_rhai_error)?,
             false,
         )
+    });
+    // Peer channels carry values of any shape; other channels refuse what is not a list of strings.
+    engine.register_fn("send", |p: &mut Peer, value: Dynamic| {
+        match p.send_value(&value) {
+            Some(sent) => sent,
+            None => Err(format!(
+                "peer.send takes a list of strings on a `{}` channel (values need a peer channel)",
+                p.owner
+            )
+            .into()),
+        }
     });
     engine.register_fn("close", |p: &mut Peer| {
         let board = p.board.load();
@@ -686,5 +720,12 @@ pub fn message_map(message: &super::ScriptMessage, peer: Peer) -> Map {
         .collect();
     map.insert("captures".into(), captures.into());
     map.insert("peer".into(), Dynamic::from(peer));
+    if let Some(value) = &message.value {
+        // A json or raw peer payload: the whole value, not only its OSC form.
+        map.insert(
+            "value".into(),
+            rhai::serde::to_dynamic(&**value).unwrap_or(Dynamic::UNIT),
+        );
+    }
     map
 }

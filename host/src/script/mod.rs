@@ -201,6 +201,8 @@ pub struct ScriptMessage {
     /// What each wildcard of the route's pattern matched.
     pub captures: Vec<String>,
     pub origin: Origin,
+    /// The full value of a json or raw peer payload (the message's arguments are its OSC form).
+    pub value: Option<Arc<serde_json::Value>>,
 }
 
 pub(crate) enum Job {

@@ -13,6 +13,7 @@
 //! - [`discovery`]: the UDP `PING`/`PONG` responder (answering the real source, never the address
 //!   written in the datagram) and the pieces `patchbay peers` uses.
 
+pub mod channel;
 pub mod discovery;
 pub mod pickle;
 pub mod values;
