@@ -61,6 +61,22 @@ enum Command {
         /// UDP port (0 picks a free one; the bound port is printed on stderr).
         port: u16,
     },
+    /// Send a peerpy discovery PING and list who answers: patchbay peers [255.255.255.255]
+    Peers {
+        /// Where to send the PING: IP (port from --port) or IP:PORT. The default stays on this
+        /// machine; a show network's broadcast address (255.255.255.255) reaches its peers.
+        #[arg(default_value = "127.255.255.255")]
+        address: String,
+        /// Discovery port (peerpy uses 1024).
+        #[arg(long, default_value_t = patchbay::channel::peer::discovery::PEERPY_PORT)]
+        port: u16,
+        /// How long to collect answers, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        wait_ms: u64,
+        /// Local address to send from.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: IpAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -159,6 +175,20 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let bytes = patchbay::tools::send::send(&target, &address, &args)?;
             tracing::debug!(bytes, "Sent.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Peers {
+            address,
+            port,
+            wait_ms,
+            bind,
+        } => {
+            let options = patchbay::tools::peers::PeersOptions {
+                target: patchbay::tools::peers::parse_target(&address, port)?,
+                bind,
+                wait: std::time::Duration::from_millis(wait_ms),
+            };
+            patchbay::tools::peers::run_peers(&options, std::io::stdout(), std::io::stderr())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dump { bind, port } => {
