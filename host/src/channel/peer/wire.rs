@@ -50,8 +50,13 @@
 //! after it peerpy sends and reads bare records with no header. peerpy still sends `PING` headers on
 //! such a connection whenever its read times out (every 2 s of silence from us), so a streaming
 //! reader meets 128-byte `PING` headers between records; [`ping_prefix`] recognises one at a record
-//! boundary (a json record starts with `{`, a pickle with `0x80`, an OSC packet with `/` or `#`, so
-//! none can start with `PING|`). We never send `PING` on a streaming connection.
+//! boundary (a json record starts with `{`, a pickle from protocol 2 on with `0x80`, an OSC packet
+//! with `/` or `#`, so none can start with `PING|`). We never send `PING` on a streaming connection.
+//!
+//! peerpy's streaming has a race of its own: the side that sends first is, in its reading thread,
+//! already waiting for a 128-byte header, so the first headerless record coming the other way is
+//! read as a (non-`DATA`) header and lost, or, if longer than 128 bytes, cut. Only the first record
+//! of the direction that did not send first is at risk.
 
 use std::fmt;
 use std::net::SocketAddr;
