@@ -397,7 +397,9 @@ impl Host {
                 ChannelOutput::Tcp(Arc::new(cfg.output(name, channel_metrics)))
             }
             ChannelKind::Peer(cfg) => {
-                ChannelOutput::Peer(Arc::new(cfg.output(name, channel_metrics)))
+                let output = cfg.output(name, channel_metrics);
+                output.set_decider(self.offer_decider(cfg));
+                ChannelOutput::Peer(Arc::new(output))
             }
         };
         (id, output)
@@ -718,6 +720,7 @@ impl Host {
                 }
                 (ChannelKind::Peer(_), ChannelKind::Peer(cfg), ChannelOutput::Peer(output)) => {
                     cfg.apply_live(name, output);
+                    output.set_decider(decider(&self.scripts, &new, cfg));
                     Ok(())
                 }
                 _ => Ok(()),
@@ -768,6 +771,11 @@ impl Host {
         Ok(())
     }
 
+    /// The script that decides a peer channel's offers, when it has one.
+    fn offer_decider(&self, cfg: &peer::PeerConfig) -> Option<peer::Decider> {
+        decider(&self.scripts, &self.plan, cfg)
+    }
+
     /// Whether the running channel `name` is bound to the port `kind` wants.
     fn holds_port_of(&self, name: &str, kind: &ChannelKind) -> bool {
         let Some(running) = self.channels.get(name) else {
@@ -778,6 +786,17 @@ impl Host {
             && old.port() == new.port()
             && (old.ip() == new.ip() || old.ip().is_unspecified() || new.ip().is_unspecified())
     }
+}
+
+/// A peer channel's `accept:` script, resolved like a route's script target (relative to the
+/// config file) and loaded by the script host (one state per file, shared with routes).
+fn decider(scripts: &ScriptHost, plan: &Plan, cfg: &peer::PeerConfig) -> Option<peer::Decider> {
+    let accept = cfg.accept.as_ref()?;
+    let file = plan.scripts.base_dir.join(&accept.script);
+    Some(peer::Decider {
+        script: scripts.script(&file, &accept.script),
+        function: accept.function.as_str().into(),
+    })
 }
 
 fn bind(kind: &ChannelKind) -> std::io::Result<Bound> {

@@ -7,7 +7,7 @@ use patchbay_plugin_api::osc::Pattern;
 
 use super::channels::{self, BuiltChannel, PortClaim};
 use super::de::{deserialize_all, DeError};
-use super::plan::{ChannelPlan, MetricsPlan, Plan, RouteMatch, RoutePlan, TargetPlan};
+use super::plan::{ChannelKind, ChannelPlan, MetricsPlan, Plan, RouteMatch, RoutePlan, TargetPlan};
 use super::rewrite::{self, Captures};
 use super::suggest::{closest, unknown_key_message};
 use super::yaml::{self, join, Node, Value};
@@ -189,6 +189,9 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
         .map(|n| build_scripts(n, &base_dir, &mut errs))
         .unwrap_or_else(|| ScriptsPlan::new(&base_dir, ScriptsConfig::default()));
     let plugins = plugins_node.and_then(|n| build_plugins(n, &base_dir, &mut errs));
+    if let Some(node) = channels_node {
+        check_offer_scripts(node, &channels, &scripts, &mut errs);
+    }
     let routes = routes_node
         .map(|n| build_routes(n, &channels, &scripts, &mut errs))
         .unwrap_or_default();
@@ -217,6 +220,68 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Plan, ConfigErrors> {
         scripts,
         plugins,
     })
+}
+
+/// A peer channel's `accept: { script, fn }`: the script compiles and has `fn(offer)`.
+fn check_offer_scripts(
+    channels_node: &Node,
+    channels: &[ChannelEntry],
+    scripts: &ScriptsPlan,
+    errs: &mut Errors,
+) {
+    for entry in channels {
+        let Some(BuiltChannel {
+            kind: ChannelKind::Peer(cfg),
+            ..
+        }) = &entry.built
+        else {
+            continue;
+        };
+        let Some(accept) = &cfg.accept else {
+            continue;
+        };
+        let Some(accept_node) = channels_node.get(&entry.name).and_then(|c| c.get("accept")) else {
+            continue;
+        };
+        let path = format!("channels.{}.accept", entry.name);
+        let at = accept_node.get("script").unwrap_or(accept_node);
+        let file = scripts.base_dir.join(&accept.script);
+        let module_dir = scripts
+            .dir
+            .clone()
+            .or_else(|| file.parent().map(|p| p.to_path_buf()));
+        match crate::script::engine::compile_file(&file, module_dir.as_deref()) {
+            Err(e) if e.line == 0 => errs.at(
+                at,
+                &join(&path, "script"),
+                format!("script `{}`: {}", accept.script, e.message),
+            ),
+            Err(e) => errs.list.push(ConfigError {
+                file: file.clone(),
+                yaml_path: join(&path, "script"),
+                line: e.line,
+                column: e.column,
+                message: format!("does not compile: {}", e.message),
+            }),
+            Ok((ast, _)) => {
+                let params = ast
+                    .iter_functions()
+                    .find(|f| f.name == accept.function)
+                    .map(|f| f.params.len());
+                if params != Some(1) {
+                    let at = accept_node.get("fn").unwrap_or(at);
+                    errs.at(
+                        at,
+                        &join(&path, "fn"),
+                        format!(
+                            "`{}` needs a function `{}(offer)` that returns true to accept an offer",
+                            accept.script, accept.function
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// How a value is shown in a message: `yes`, `a list`, `nothing`.

@@ -214,6 +214,13 @@ pub(crate) enum Job {
         ast: Box<rhai::AST>,
         imports: Vec<PathBuf>,
     },
+    /// Call `function` with one map and send back whether it returned `true` (a peer channel's
+    /// offer decider). An error, another value or a limit is an `Err` saying what happened.
+    Ask {
+        function: Arc<str>,
+        arg: serde_json::Value,
+        reply: tokio::sync::oneshot::Sender<Result<bool, String>>,
+    },
     /// Run `init()`: sent once the host is ready (channels bound, routes in place), so what `init`
     /// sends has somewhere to go.
     Init,
@@ -278,6 +285,27 @@ impl ScriptHandle {
                         )
                     });
                 }
+            }
+        }
+    }
+
+    /// Asks `function(arg)` for a yes or no; `None` when the script's queue is full (then the
+    /// caller treats it as a no).
+    pub fn ask(
+        &self,
+        function: Arc<str>,
+        arg: serde_json::Value,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<bool, String>>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        match self.jobs.try_send(Job::Ask {
+            function,
+            arg,
+            reply,
+        }) {
+            Ok(()) => Some(answer),
+            Err(_) => {
+                self.metrics.queue_drops.increment(1);
+                None
             }
         }
     }

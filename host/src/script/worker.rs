@@ -147,6 +147,14 @@ impl Worker {
                         self.lifecycle("init");
                     }
                 }
+                Ok(Job::Ask {
+                    function,
+                    arg,
+                    reply,
+                }) => {
+                    let answer = self.ask(&function, arg);
+                    let _ = reply.send(answer);
+                }
                 Ok(Job::Init) => {
                     self.init_asked = true;
                     if self.ast.is_some() {
@@ -171,6 +179,23 @@ impl Worker {
     fn lifecycle(&mut self, function: &str) {
         if self.functions.get(function) == Some(&0) {
             let _ = self.call(function, (), "lifecycle");
+        }
+    }
+
+    /// A yes/no question (a peer offer): `function(map)` must return a boolean.
+    fn ask(&mut self, function: &str, arg: serde_json::Value) -> Result<bool, String> {
+        if self.ast.is_none() {
+            return Err("the script has no good version yet (see its compile error)".into());
+        }
+        if self.functions.get(function) != Some(&1) {
+            return Err(format!("the script has no function `{function}(offer)` with one parameter"));
+        }
+        let arg = rhai::serde::to_dynamic(&arg).map_err(|e| e.to_string())?;
+        match self.call(function, (arg,), "offer") {
+            Some(answer) => answer
+                .as_bool()
+                .map_err(|kind| format!("`{function}` returned {kind}, not true or false")),
+            None => Err(format!("`{function}` failed (the error is logged above)")),
         }
     }
 

@@ -63,6 +63,28 @@ pub struct PeerTarget {
     pub stream: bool,
 }
 
+/// A script function that decides each offer the allow list and the connection limit let through.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptScript {
+    /// The script file, relative to the config file (as for route targets).
+    pub script: String,
+    /// Gets `#{channel, address, port, peer_name, data_type, strict, stream}`, returns true to
+    /// accept.
+    #[serde(rename = "fn", default = "default_accept_fn")]
+    pub function: String,
+}
+
+fn default_accept_fn() -> String {
+    "on_offer".into()
+}
+
+/// A running decider: the script's handle and the function to ask.
+pub struct Decider {
+    pub script: Arc<crate::script::ScriptHandle>,
+    pub function: Arc<str>,
+}
+
 fn default_data_type() -> DataType {
     DataType::Json
 }
@@ -85,6 +107,9 @@ pub struct PeerConfig {
     /// Accepted connections open at once; more offers are denied.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// A script function that decides offers (after `allow` and `max_connections`).
+    #[serde(default)]
+    pub accept: Option<AcceptScript>,
     /// Where json values arrive (default `/peer/CHANNEL/json`).
     #[serde(default)]
     pub json_address: Option<String>,
@@ -212,6 +237,7 @@ impl PeerConfig {
             edit: Mutex::new(()),
             clients,
             invisible: AtomicBool::new(self.invisible),
+            decider: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -367,9 +393,54 @@ pub struct PeerOutput {
     edit: Mutex<()>,
     clients: Vec<Arc<PeerConn>>,
     invisible: AtomicBool,
+    decider: arc_swap::ArcSwapOption<Decider>,
 }
 
 impl PeerOutput {
+    /// Sets (or clears) the script that decides offers; the runtime resolves it.
+    pub fn set_decider(&self, decider: Option<Decider>) {
+        self.decider.store(decider.map(Arc::new));
+    }
+
+    /// Asks the offer decider, if there is one: `None` to accept, `Some(why)` to deny.
+    async fn decide(
+        &self,
+        ctx: &ChannelContext,
+        peer: SocketAddr,
+        hello: &Hello,
+    ) -> Option<String> {
+        let decider = self.decider.load_full()?;
+        let offer = serde_json::json!({
+            "channel": &*ctx.name,
+            "address": peer.ip().to_string(),
+            "port": peer.port(),
+            "peer_name": hello.peer_name,
+            "data_type": hello.data_type.as_str(),
+            "strict": hello.strict,
+            "stream": hello.stream,
+        });
+        let wait = self.settings.load().handshake;
+        let Some(answer) = decider.script.ask(decider.function.clone(), offer) else {
+            return Some(format!(
+                "script `{}` is busy (its queue is full)",
+                decider.script.name
+            ));
+        };
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(Ok(true))) => None,
+            Ok(Ok(Ok(false))) => Some(format!(
+                "`{}` in `{}` said no",
+                decider.function, decider.script.name
+            )),
+            Ok(Ok(Err(e))) => Some(format!("script `{}`: {e}", decider.script.name)),
+            Ok(Err(_)) => Some(format!("script `{}` stopped", decider.script.name)),
+            Err(_) => Some(format!(
+                "script `{}` did not answer within handshake_timeout_ms",
+                decider.script.name
+            )),
+        }
+    }
+
     fn add(&self, conn: Arc<PeerConn>) {
         let _edit = self.edit.lock().unwrap_or_else(|e| e.into_inner());
         let next = self.conns.load().with(Some(conn), None);
@@ -678,10 +749,12 @@ async fn accept_loop(listener: TcpListener, output: &Arc<PeerOutput>, ctx: &Arc<
         );
         let _ = stream.set_nodelay(true);
         let (output, ctx) = (output.clone(), ctx.clone());
-        let why = refusal.clone();
-        if let Some(why) = &why {
+        if refusal.is_some() {
+            // Said once per offer when its HELLO has arrived; this only keeps a flood visible.
             refusals.log(|suppressed| {
-                tracing::warn!(channel = %ctx.name, peer = %peer, suppressed, "Denying an offer: {why}.")
+                if suppressed > 0 {
+                    tracing::warn!(channel = %ctx.name, suppressed, "Denying offers at a high rate.")
+                }
             });
         }
         tokio::spawn(async move {
@@ -731,6 +804,13 @@ async fn offer(
         }
     };
     let mut inbound = ctx.inbound.fork();
+    let refusal = match refusal {
+        Some(why) => Some(why),
+        None => output.decide(&ctx, peer, &hello).await,
+    };
+    if let Some(why) = &refusal {
+        tracing::warn!(channel = %ctx.name, peer = %peer, declared = %hello.peer_name, "Denied an offer: {why}.");
+    }
     let accepted = refusal.is_none();
     offer_event(&mut inbound, &output, &ctx, peer, &hello, accepted);
     if !accepted {
