@@ -540,12 +540,24 @@ impl Output for PeerOutput {
         }
     }
 
+    /// `send_bytes` / a plugin's `send`: the bytes on a bytes connection; on json and raw
+    /// connections, text is sent as the JSON value it spells, or as a string when it is not JSON
+    /// (so a plugin, which has no values of its own, can send any value as JSON text).
     fn reply_raw(&self, origin: &Origin, bytes: &[u8]) {
         match self.conn(origin.addr) {
             Some(conn) if conn.data_type == DataType::Bytes => {
                 conn.send_payload(bytes, self);
             }
-            Some(conn) => self.wrong_type("send_bytes", &conn),
+            Some(conn) => match std::str::from_utf8(bytes) {
+                Ok(text) => {
+                    let value = serde_json::from_str(text)
+                        .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
+                    if let Err(e) = PeerOutput::send_value(self, origin, &value) {
+                        self.shared.drop_message(format_args!("{e}"));
+                    }
+                }
+                Err(_) => self.wrong_type("send_bytes of bytes that are not text", &conn),
+            },
             None => self.shared.drop_message(format_args!(
                 "the connection from {} is closed",
                 origin.addr
