@@ -19,6 +19,7 @@
 //! barrier message along the same path afterwards and look at what arrived before it.
 
 pub mod osc;
+pub mod tcp;
 
 use std::ffi::OsStr;
 use std::fs;
