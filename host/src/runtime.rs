@@ -192,6 +192,8 @@ pub struct Host {
     script_watcher: Option<watch::Watcher>,
     plugins: Arc<PluginHost>,
     plugin_watcher: Option<watch::Watcher>,
+    /// Cancelled once the first route table is in place; channel tasks wait for it.
+    started: CancellationToken,
     /// Asks the main loop to rebuild the route table (a plugin appeared, changed or went away).
     rebuild: mpsc::Sender<()>,
 }
@@ -228,6 +230,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         scheduler,
         status: StatusBoard::default(),
         cancel: cancel.clone(),
+        started: CancellationToken::new(),
         metrics_addr: None,
         reload_metrics: ReloadMetrics::new(),
         failures,
@@ -250,6 +253,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         host.spawn_channel(&channel, id, output, startup);
     }
     host.swap_board();
+    host.started.cancel();
     host.watch_scripts();
     host.watch_plugins();
 
@@ -434,7 +438,14 @@ impl Host {
         let kind = channel.kind.clone();
         let task_output = output.clone();
         let failures = self.failures.clone();
+        let started = self.started.clone();
         let task = tokio::spawn(async move {
+            // Nothing is received (no datagram, no connection) before the first route table is in
+            // place: a client channel's first messages would otherwise meet an empty table.
+            tokio::select! {
+                _ = started.cancelled() => {}
+                _ = ctx.cancel.cancelled() => return,
+            }
             let result = match (kind, task_output) {
                 (ChannelKind::Udp(cfg), ChannelOutput::Datagram(output, _)) => {
                     udp::run(cfg, output, ctx, start.udp()).await

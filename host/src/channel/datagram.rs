@@ -197,7 +197,16 @@ impl DatagramOutput {
         if let Some(own) = &self.own {
             own.remember(bytes);
         }
-        match socket.try_send_to(bytes, to) {
+        // tokio answers WouldBlock without a system call until its reactor has seen the socket
+        // writable once, so a socket bound a moment ago would refuse the first packets; one
+        // direct non-blocking send tells a really full buffer from that.
+        let sent = match socket.try_send_to(bytes, to) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                socket2::SockRef::from(&**socket).send_to(bytes, &to.into())
+            }
+            other => other,
+        };
+        match sent {
             Ok(_) => {
                 self.metrics.packets_out.increment(1);
                 self.metrics.bytes_out.increment(bytes.len() as u64);

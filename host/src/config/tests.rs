@@ -590,7 +590,7 @@ fn unknown_channel_kind_lists_the_known_ones() {
     assert_errors(
         "version: 1\nchannels:\n  desk: { kind: serial, listen: 127.0.0.1:9000 }\n  mc: { kind: UDP }\n",
         &[
-            ("channels.desk.kind", 3, 17, "unknown channel kind `serial`; known kinds: udp, multicast, broadcast, tcp"),
+            ("channels.desk.kind", 3, 17, "unknown channel kind `serial`; known kinds: udp, multicast, broadcast, tcp, peer"),
             ("channels.mc.kind", 4, 15, "unknown channel kind `UDP`; did you mean `udp`? known kinds: udp"),
         ],
     );
@@ -601,8 +601,8 @@ fn channel_kind_is_required() {
     assert_errors(
         "version: 1\nchannels:\n  desk:\n    listen: 127.0.0.1:9000\n  empty:\n  list: [udp]\n  k: { kind: [udp] }\n",
         &[
-            ("channels.desk", 4, 5, "missing `kind` (one of: udp, multicast, broadcast, tcp)"),
-            ("channels.empty", 5, 3, "channel `empty` has no settings; it needs at least `kind` (one of: udp, multicast, broadcast, tcp)"),
+            ("channels.desk", 4, 5, "missing `kind` (one of: udp, multicast, broadcast, tcp, peer)"),
+            ("channels.empty", 5, 3, "channel `empty` has no settings; it needs at least `kind` (one of: udp, multicast, broadcast, tcp, peer)"),
             ("channels.list", 6, 9, "channel `list` must be a map of settings"),
             ("channels.k.kind", 7, 14, "expected a channel kind, found a list"),
         ],
