@@ -1298,3 +1298,60 @@ fn a_connection_that_never_reads_drops_its_own_queue_and_holds_up_nobody() {
     eprintln!("the stuck connection dropped {dropped} of {sent} messages");
     drop(stuck);
 }
+
+fn rebind_config(out: SocketAddr, listen: SocketAddr, framing: &str) -> String {
+    show(
+        &format!("  console:\n    kind: tcp\n    listen: {listen}\n    framing: {framing}\n"),
+        out,
+        &forward("up", "/up/*", Some("console"), "out"),
+    )
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the kernel does not hand it out again at once).
+fn free_tcp_port() -> SocketAddr {
+    let probe = TcpListener::bind("127.0.0.1:0").expect("probe listener");
+    probe.local_addr().expect("probe addr")
+}
+
+/// Proves: editing a rebind key moves the channel: a new `listen` port accepts and routes, the old
+/// connection is closed and the old port no longer accepts; a `framing` change is a rebind too (the
+/// summary says so) and the new listener speaks the new framing.
+#[test]
+fn a_listen_or_framing_edit_rebinds_the_tcp_channel() {
+    let rx = Receiver::new();
+    let (first, second) = (free_tcp_port(), free_tcp_port());
+    let pb = Patchbay::start(&rebind_config(rx.addr(), first, "length"));
+    let mut old = TcpClient::connect(first, Framing::Length);
+    let up = |n: i32| osc::message("/up/x", &[OscArg::Int(n)]);
+    old.send(&up(1));
+    rx.expect_bytes(&up(1), "/up on the first port");
+
+    live_support::save(
+        &pb,
+        &rebind_config(rx.addr(), second, "length"),
+        live_support::Save::Rename,
+    );
+    let line = live_support::wait_applied(&pb, 1);
+    assert!(line.contains("rebind: listen"), "{line}");
+    let mut moved = TcpClient::connect(second, Framing::Length);
+    moved.send(&up(2));
+    rx.expect_bytes(&up(2), "/up on the new port");
+    old.expect_closed("the connection to the old listener");
+    assert!(
+        std::net::TcpStream::connect(first).is_err(),
+        "the old port still accepts connections"
+    );
+
+    live_support::save(
+        &pb,
+        &rebind_config(rx.addr(), second, "slip"),
+        live_support::Save::Rename,
+    );
+    let line = live_support::wait_applied(&pb, 2);
+    assert!(line.contains("rebind: framing"), "{line}");
+    let mut slip = TcpClient::connect(second, Framing::Slip);
+    slip.send(&up(3));
+    rx.expect_bytes(&up(3), "/up in SLIP after the framing edit");
+    let ready = pb.reread_ready().expect("ready file");
+    assert_eq!(ready.channel("console").listen, Some(second));
+}
