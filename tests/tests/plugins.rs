@@ -1192,3 +1192,43 @@ fn config_edit_is_applied_while_a_plugin_hangs_with_a_full_queue() {
     lights.expect_bytes(&done("/z/new"), "the new instance answers");
     check_flow(&client, desk, &lights, 1);
 }
+
+/// Proves: a plugin's reply to a message that came over TCP goes back on that very connection, in
+/// its framing (the `scale` plugin without `to` answers the sender), and a second connection gets
+/// only its own answers.
+#[test]
+fn a_plugin_reply_goes_back_on_the_tcp_connection_the_message_came_from() {
+    use patchbay_tests::tcp::{Framing, TcpClient};
+    let dir = PluginDir::new();
+    dir.install("libscale.so", &plugin_lib(SCALE));
+    let lights = Receiver::new();
+    let text = config(
+        &dir,
+        lights.addr(),
+        "",
+        &plugin_route(
+            "answer",
+            "/level",
+            "scale",
+            "{ in_min: 0, in_max: 100, out_min: 0.0, out_max: 1.0 }",
+        ),
+    )
+    .replace(
+        "channels:\n",
+        "channels:\n  console:\n    kind: tcp\n    listen: 127.0.0.1:0\n",
+    );
+    let pb = Patchbay::start(&text);
+    let console = pb.addr("console");
+    let mut slip = TcpClient::connect(console, Framing::Slip);
+    let mut length = TcpClient::connect(console, Framing::Length);
+    slip.send(&int_msg("/level", 50));
+    length.send(&int_msg("/level", 25));
+    slip.expect_bytes(
+        &osc::message("/level", &[OscArg::Float(0.5)]),
+        "scale's answer on the SLIP connection",
+    );
+    length.expect_bytes(
+        &osc::message("/level", &[OscArg::Float(0.25)]),
+        "scale's answer on the length connection",
+    );
+}
