@@ -347,19 +347,19 @@ pub fn set_buffers(
 
 /// Binds with `bind`, retrying every `retry_ms` while it fails (a port that is taken must not stop
 /// the show), and reports each attempt on the status board. Returns `None` when cancelled, and the
-/// error at once when `strict`.
-pub async fn bind_with_retry(
+/// error at once when `strict`. Every kind uses it, whatever it binds.
+pub async fn bind_with_retry<T>(
     ctx: &ChannelContext,
     kind: &'static str,
     what: SocketAddr,
     send: Option<SocketAddr>,
     retry_ms: u64,
     strict: bool,
-    mut bind: impl FnMut() -> io::Result<UdpSocket>,
-) -> Result<Option<Arc<UdpSocket>>, BindError> {
+    mut bind: impl FnMut() -> io::Result<T>,
+) -> Result<Option<T>, BindError> {
     loop {
         match bind() {
-            Ok(socket) => return Ok(Some(Arc::new(socket))),
+            Ok(socket) => return Ok(Some(socket)),
             Err(source) => {
                 let error = BindError {
                     channel: ctx.name.to_string(),
@@ -424,7 +424,7 @@ pub async fn serve(
             match bind_with_retry(ctx, status.kind, what, status.send, retry_ms, strict, bind)
                 .await?
             {
-                Some(socket) => socket,
+                Some(socket) => Arc::new(socket),
                 None => return Ok(()),
             }
         }

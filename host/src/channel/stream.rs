@@ -20,10 +20,29 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::datagram::BindError;
-use crate::channel::{ChannelContext, ChannelStatus};
+use crate::channel::ChannelContext;
 use crate::dispatch::RateLimitedLog;
 use crate::metrics::{ChannelMetrics, StreamMetrics};
+
+// Defaults of the keys every stream kind (`tcp`, `peer`) has, named by serde.
+pub fn default_frame_timeout_ms() -> u64 {
+    10_000
+}
+pub fn default_queue() -> usize {
+    1024
+}
+pub fn default_max_age_ms() -> u64 {
+    1_000
+}
+pub fn default_reconnect_ms() -> u64 {
+    250
+}
+pub fn default_reconnect_max_ms() -> u64 {
+    5_000
+}
+pub fn default_true() -> bool {
+    true
+}
 
 /// What every link of one channel shares: counters, the queue bound and age limit (live settings),
 /// and the rate-limited loss log.
@@ -509,52 +528,34 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Binds, retrying every `retry_ms` while the port is taken (the show goes on meanwhile), and
-/// reports each attempt on the status board. `None` when cancelled; the error at once when `strict`.
-pub async fn bind_with_retry(
+/// Routes a connection event: a message at `address` with the channel's name and the connection's
+/// `ip:port`, then `more`, coming from that connection (so a `reply` answers it).
+pub fn route_event(
+    inbound: &mut crate::dispatch::Dispatcher,
     ctx: &ChannelContext,
-    kind: &'static str,
-    addr: SocketAddr,
-    send: Option<SocketAddr>,
-    retry_ms: u64,
-    strict: bool,
-) -> Result<Option<TcpListener>, BindError> {
-    loop {
-        match bind(addr) {
-            Ok(listener) => return Ok(Some(listener)),
-            Err(source) => {
-                let error = BindError {
-                    channel: ctx.name.to_string(),
-                    kind,
-                    addr,
-                    source,
-                };
-                ctx.metrics.up.set(0.0);
-                ctx.status.set(
-                    &ctx.name,
-                    ChannelStatus {
-                        kind,
-                        listen: None,
-                        local: None,
-                        send,
-                        up: false,
-                        error: Some(format!("{error}; retrying every {retry_ms} ms")),
-                    },
-                );
-                if strict {
-                    return Err(error);
-                }
-                tracing::error!(
-                    channel = %ctx.name, port = addr.port(), retry_ms,
-                    "Channel cannot listen: {error}. The other channels keep running and this one retries; \
-                     free the port or change the channel's address."
-                );
-                if !sleep_or_cancel(&ctx.cancel, Duration::from_millis(retry_ms.max(10))).await {
-                    return Ok(None);
-                }
-            }
-        }
-    }
+    address: &str,
+    peer: SocketAddr,
+    more: Vec<patchbay_plugin_api::osc::OscArg>,
+) {
+    use patchbay_plugin_api::osc::{OscArg, OscMessage};
+    let mut args = vec![
+        OscArg::String(ctx.name.to_string()),
+        OscArg::String(peer.to_string()),
+    ];
+    args.extend(more);
+    let mut bytes = Vec::new();
+    patchbay_plugin_api::osc::encode::encode_message_into(
+        &OscMessage {
+            address: address.to_string(),
+            args,
+        },
+        &mut bytes,
+    );
+    let origin = crate::channel::Origin {
+        channel: ctx.id,
+        addr: peer,
+    };
+    inbound.event(&bytes, origin);
 }
 
 /// False when cancelled first.

@@ -20,15 +20,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use patchbay_plugin_api::osc::encode::encode_message_into;
-use patchbay_plugin_api::osc::{OscArg, OscMessage};
+use patchbay_plugin_api::osc::OscArg;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::datagram::{default_retry_ms, payloads, BindError};
 use crate::channel::framing::{self, Decoder, Framing};
-use crate::channel::stream::{self, Closed, ConnSet, HasLink, Link, LinkShared, ReadTimeouts};
+use crate::channel::stream::{
+    self, default_frame_timeout_ms, default_max_age_ms, default_queue, default_reconnect_max_ms,
+    default_reconnect_ms, default_true, Closed, ConnSet, HasLink, Link, LinkShared, ReadTimeouts,
+};
 use crate::channel::{ChannelContext, ChannelStatus, Origin, Output};
 use crate::config::NetRange;
 use crate::dispatch::{Dispatcher, RateLimitedLog};
@@ -101,24 +103,6 @@ pub fn default_max_frame() -> usize {
 }
 fn default_max_connections() -> usize {
     64
-}
-fn default_frame_timeout_ms() -> u64 {
-    10_000
-}
-fn default_queue() -> usize {
-    1024
-}
-fn default_max_age_ms() -> u64 {
-    1_000
-}
-fn default_reconnect_ms() -> u64 {
-    250
-}
-fn default_reconnect_max_ms() -> u64 {
-    5_000
-}
-fn default_true() -> bool {
-    true
 }
 
 /// Changing these needs a new listener or connection; every other setting changes in place.
@@ -395,21 +379,20 @@ pub async fn run(
     let listener = match (startup, config.listen) {
         (Startup::Bound(listener), _) => listener,
         (Startup::Retry { .. }, None) => None,
-        (Startup::Retry { strict }, Some(addr)) => {
-            match stream::bind_with_retry(
-                &ctx,
-                "tcp",
-                addr,
-                config.connect,
-                config.retry_ms,
-                strict,
-            )
-            .await?
-            {
-                Some(listener) => Some(listener),
-                None => return Ok(()),
-            }
-        }
+        (Startup::Retry { strict }, Some(addr)) => match crate::channel::datagram::bind_with_retry(
+            &ctx,
+            "tcp",
+            addr,
+            config.connect,
+            config.retry_ms,
+            strict,
+            || stream::bind(addr),
+        )
+        .await?
+        {
+            Some(listener) => Some(listener),
+            None => return Ok(()),
+        },
     };
     let ctx = Arc::new(ctx);
     if let Some(listener) = &listener {
@@ -505,23 +488,6 @@ async fn accept_loop(
     }
 }
 
-fn event_message(address: &str, channel: &str, peer: SocketAddr, reason: Option<&str>) -> Vec<u8> {
-    let mut args = vec![
-        OscArg::String(channel.to_string()),
-        OscArg::String(peer.to_string()),
-    ];
-    args.extend(reason.map(|r| OscArg::String(r.to_string())));
-    let mut bytes = Vec::new();
-    encode_message_into(
-        &OscMessage {
-            address: address.to_string(),
-            args,
-        },
-        &mut bytes,
-    );
-    bytes
-}
-
 fn event_open(
     inbound: &mut Dispatcher,
     output: &TcpOutput,
@@ -529,14 +495,7 @@ fn event_open(
     peer: SocketAddr,
 ) {
     if output.settings.load().events {
-        let bytes = event_message(OPEN_ADDRESS, &ctx.name, peer, None);
-        inbound.event(
-            &bytes,
-            Origin {
-                channel: ctx.id,
-                addr: peer,
-            },
-        );
+        stream::route_event(inbound, ctx, OPEN_ADDRESS, peer, vec![]);
     }
 }
 
@@ -548,14 +507,8 @@ fn event_close(
     reason: &Closed,
 ) {
     if output.settings.load().events && !ctx.cancel.is_cancelled() {
-        let bytes = event_message(CLOSE_ADDRESS, &ctx.name, peer, Some(&reason.describe()));
-        inbound.event(
-            &bytes,
-            Origin {
-                channel: ctx.id,
-                addr: peer,
-            },
-        );
+        let reason = OscArg::String(reason.describe());
+        stream::route_event(inbound, ctx, CLOSE_ADDRESS, peer, vec![reason]);
     }
 }
 

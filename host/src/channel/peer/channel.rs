@@ -30,7 +30,10 @@ use super::pickle::PickleLimits;
 use super::values::{self, Decoded};
 use super::wire::{self, DataType, Header, Hello, PingPrefix, HEADER_SIZE};
 use crate::channel::datagram::{default_retry_ms, BindError};
-use crate::channel::stream::{self, Closed, ConnSet, HasLink, Link, LinkShared, ReadTimeouts};
+use crate::channel::stream::{
+    self, default_frame_timeout_ms, default_max_age_ms, default_queue, default_reconnect_max_ms,
+    default_reconnect_ms, default_true, Closed, ConnSet, HasLink, Link, LinkShared, ReadTimeouts,
+};
 use crate::channel::{ChannelContext, ChannelStatus, Origin, Output};
 use crate::config::NetRange;
 use crate::dispatch::{Dispatcher, RateLimitedLog};
@@ -150,9 +153,6 @@ pub struct PeerConfig {
     pub retry_ms: u64,
 }
 
-fn default_true() -> bool {
-    true
-}
 fn default_max_connections() -> usize {
     16
 }
@@ -164,21 +164,6 @@ fn default_max_items() -> usize {
 }
 fn default_handshake_ms() -> u64 {
     2_000
-}
-fn default_frame_timeout_ms() -> u64 {
-    10_000
-}
-fn default_queue() -> usize {
-    1024
-}
-fn default_max_age_ms() -> u64 {
-    1_000
-}
-fn default_reconnect_ms() -> u64 {
-    250
-}
-fn default_reconnect_max_ms() -> u64 {
-    5_000
 }
 
 impl PeerConfig {
@@ -609,13 +594,14 @@ pub async fn run(
         Startup::Retry { strict } => {
             let listener = match config.listen {
                 None => None,
-                Some(addr) => match stream::bind_with_retry(
+                Some(addr) => match crate::channel::datagram::bind_with_retry(
                     &ctx,
                     "peer",
                     addr,
                     connect_addr,
                     config.retry_ms,
                     strict,
+                    || stream::bind(addr),
                 )
                 .await?
                 {
@@ -1133,29 +1119,9 @@ fn event(
     peer: SocketAddr,
     more: Vec<OscArg>,
 ) {
-    if !output.settings.load().events {
-        return;
+    if output.settings.load().events {
+        stream::route_event(inbound, ctx, address, peer, more);
     }
-    let mut args = vec![
-        OscArg::String(ctx.name.to_string()),
-        OscArg::String(peer.to_string()),
-    ];
-    args.extend(more);
-    let mut bytes = Vec::new();
-    encode_message_into(
-        &OscMessage {
-            address: address.to_string(),
-            args,
-        },
-        &mut bytes,
-    );
-    inbound.event(
-        &bytes,
-        Origin {
-            channel: ctx.id,
-            addr: peer,
-        },
-    );
 }
 
 fn simple_event(
