@@ -126,7 +126,7 @@ impl ChannelOutput {
 
 /// What a reload binds before it commits, so a refused port leaves everything as it was.
 enum Bound {
-    Udp(tokio::net::UdpSocket),
+    Udp(Arc<tokio::net::UdpSocket>),
     /// None for a client-only channel.
     Tcp(Option<tokio::net::TcpListener>),
     Peer(peer::PeerBound),
@@ -239,7 +239,10 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
     };
     host.reload_metrics.generation.set(1.0);
 
-    // Outputs exist before any socket is bound, so the switchboard is complete from the first packet.
+    // Outputs exist before any socket is bound, so the switchboard is complete from the first packet;
+    // every socket is bound before any channel starts receiving, so the first thing that arrives
+    // (a client connection's open event, say) finds every output able to send. A port that is
+    // taken is retried by its channel, the others start regardless.
     let mut starting = Vec::new();
     for channel in host.plan.channels.clone() {
         let running = host.prepare_channel(&channel);
@@ -247,8 +250,11 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
     }
     let names: Vec<String> = starting.iter().map(|(c, _)| c.name.clone()).collect();
     for (channel, (id, output)) in starting {
-        let startup = ChannelStart::Retry {
-            strict: options.strict,
+        let startup = match bind(&channel.kind) {
+            Ok(bound) => ChannelStart::Bound(bound),
+            Err(_) => ChannelStart::Retry {
+                strict: options.strict,
+            },
         };
         host.spawn_channel(&channel, id, output, startup);
     }
@@ -416,6 +422,12 @@ impl Host {
         output: ChannelOutput,
         start: ChannelStart,
     ) {
+        if let (ChannelStart::Bound(Bound::Udp(socket)), ChannelOutput::Datagram(output, _)) =
+            (&start, &output)
+        {
+            // Sendable at once, before the channel's task runs.
+            output.set_socket(Some(socket.clone()));
+        }
         let name: Arc<str> = channel.name.as_str().into();
         let channel_metrics = ChannelMetrics::new(&channel.name);
         let cancel = self.cancel.child_token();
@@ -812,9 +824,9 @@ fn decider(scripts: &ScriptHost, plan: &Plan, cfg: &peer::PeerConfig) -> Option<
 
 fn bind(kind: &ChannelKind) -> std::io::Result<Bound> {
     match kind {
-        ChannelKind::Udp(cfg) => udp::bind(cfg).map(Bound::Udp),
-        ChannelKind::Multicast(cfg) => multicast::bind(cfg).map(Bound::Udp),
-        ChannelKind::Broadcast(cfg) => broadcast::bind(cfg).map(Bound::Udp),
+        ChannelKind::Udp(cfg) => udp::bind(cfg).map(|s| Bound::Udp(Arc::new(s))),
+        ChannelKind::Multicast(cfg) => multicast::bind(cfg).map(|s| Bound::Udp(Arc::new(s))),
+        ChannelKind::Broadcast(cfg) => broadcast::bind(cfg).map(|s| Bound::Udp(Arc::new(s))),
         ChannelKind::Tcp(cfg) => cfg
             .listen
             .map(crate::channel::stream::bind)

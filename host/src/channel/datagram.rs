@@ -318,7 +318,7 @@ impl DatagramSettings {
 /// How a channel gets its socket: bound already (a reload binds before it commits, so it can roll
 /// back), or bound here with retries (at start a taken port must not stop the show).
 pub enum Startup {
-    Bound(UdpSocket),
+    Bound(Arc<UdpSocket>),
     Retry { strict: bool },
 }
 
@@ -419,7 +419,7 @@ pub async fn serve(
     ctx: &mut ChannelContext,
 ) -> Result<(), BindError> {
     let socket = match startup {
-        Startup::Bound(socket) => Arc::new(socket),
+        Startup::Bound(socket) => socket,
         Startup::Retry { strict } => {
             match bind_with_retry(ctx, status.kind, what, status.send, retry_ms, strict, bind)
                 .await?
