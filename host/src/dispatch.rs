@@ -27,6 +27,9 @@ pub struct Switchboard {
     pub table: RouteTable,
     /// Indexed by `ChannelId`.
     outputs: Vec<Option<Arc<dyn Output>>>,
+    /// Channel name to `ChannelId`, for scripts' and plugins' sends by name (one per message when a
+    /// script re-sends).
+    by_name: rustc_hash::FxHashMap<Box<str>, ChannelId>,
 }
 
 impl Switchboard {
@@ -41,13 +44,20 @@ impl Switchboard {
             .max()
             .unwrap_or(0);
         let mut by_id: Vec<Option<Arc<dyn Output>>> = vec![None; len];
+        let mut by_name = rustc_hash::FxHashMap::default();
         for (id, output) in outputs {
+            // The lowest id of two same-named outputs wins, as the scan it replaces did.
+            let kept = by_name.entry(output.name().into()).or_insert(id);
+            if id.0 < kept.0 {
+                *kept = id;
+            }
             by_id[id.0 as usize] = Some(output);
         }
         Switchboard {
             generation,
             table,
             outputs: by_id,
+            by_name,
         }
     }
 
@@ -55,9 +65,9 @@ impl Switchboard {
         self.outputs.get(id.0 as usize).and_then(Option::as_ref)
     }
 
-    /// By name, for scripts' `send(channel, ...)` (not the per-message path: a handful of channels).
+    /// By name, for scripts' `send(channel, ...)` and plugins' sends.
     pub fn output_named(&self, name: &str) -> Option<&Arc<dyn Output>> {
-        self.outputs.iter().flatten().find(|o| o.name() == name)
+        self.by_name.get(name).and_then(|&id| self.output(id))
     }
 }
 
@@ -395,7 +405,7 @@ fn when_due(
     }
 }
 
-/// The owned copy of a message a script gets (decoded once, here, off the script's thread).
+/// The owned copy of a message a script gets (decoded on the script's thread).
 fn script_message(
     message: &MessageRef<'_>,
     channel: &Arc<str>,
@@ -409,17 +419,11 @@ fn script_message(
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     ScriptMessage {
-        address: message.address.to_string(),
-        args: message.args(),
-        type_tags: message.type_tags.to_string(),
+        raw: message.raw.to_vec(),
         channel: channel.clone(),
         route: route.clone(),
         received_ms,
-        captures: caps
-            .spans
-            .iter()
-            .map(|&(a, b)| message.address[a..b].to_string())
-            .collect(),
+        captures: caps.spans.clone(),
         origin: *origin,
         value: value.clone(),
     }

@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel::Origin;
 use crate::dispatch::{RateLimitedLog, SharedSwitchboard};
+use crate::script::handover::{self, Receiver};
 
 /// `plugins:` at the top level of the config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -256,7 +257,7 @@ enum Job {
 pub struct PluginInstance {
     pub plugin: Arc<str>,
     pub route: Arc<str>,
-    jobs: SyncSender<Job>,
+    jobs: handover::Sender<Job>,
     /// Nanoseconds after `epoch` when the running call started; 0 when idle.
     busy_since: AtomicU64,
     epoch: Instant,
@@ -301,7 +302,7 @@ impl PluginInstance {
         if !self.unloaded.swap(true, Ordering::Relaxed) {
             // Never blocks (the caller is the host's main loop, and the instance may hang with a
             // full queue): the runner also sees the flag and skips what is still queued.
-            let _ = self.jobs.try_send(Job::Unload);
+            let _ = self.jobs.try_send_now(Job::Unload);
         }
     }
 }
@@ -310,36 +311,50 @@ impl PluginInstance {
 struct HostContext {
     plugin: Arc<str>,
     board: SharedSwitchboard,
-    origins: Mutex<(HashMap<u64, Origin>, VecDeque<u64>)>,
+    /// The last `REMEMBERED_ORIGINS` origins, token `t` in slot `t % REMEMBERED_ORIGINS`: tokens
+    /// count up, so each new one overwrites the oldest (no map, no eviction list).
+    origins: Mutex<Box<[Remembered]>>,
     next_origin: AtomicU64,
     timers: Mutex<Vec<(Instant, u64)>>,
+    /// How many timers are set, kept beside the list so the runner skips the lock while none is.
+    timer_count: AtomicUsize,
     counters: Mutex<HashMap<String, Counter>>,
 }
+
+/// A slot of `HostContext::origins`: a token and its origin.
+type Remembered = Option<(u64, Origin)>;
 
 /// Origins a plugin may answer later (a throttle's trailing send); the oldest are forgotten.
 const REMEMBERED_ORIGINS: usize = 4_096;
 const MAX_TIMERS: usize = 4_096;
 
 impl HostContext {
+    fn new(plugin: Arc<str>, board: SharedSwitchboard) -> HostContext {
+        HostContext {
+            plugin,
+            board,
+            origins: Mutex::new(vec![None; REMEMBERED_ORIGINS].into_boxed_slice()),
+            next_origin: AtomicU64::new(0),
+            timers: Mutex::new(Vec::new()),
+            timer_count: AtomicUsize::new(0),
+            counters: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn remember(&self, origin: Origin) -> u64 {
         let token = self.next_origin.fetch_add(1, Ordering::Relaxed) + 1;
         if let Ok(mut origins) = self.origins.lock() {
-            origins.0.insert(token, origin);
-            origins.1.push_back(token);
-            while origins.1.len() > REMEMBERED_ORIGINS {
-                if let Some(old) = origins.1.pop_front() {
-                    origins.0.remove(&old);
-                }
-            }
+            origins[(token % REMEMBERED_ORIGINS as u64) as usize] = Some((token, origin));
         }
         token
     }
 
     fn origin(&self, token: u64) -> Option<Origin> {
-        self.origins
-            .lock()
-            .ok()
-            .and_then(|o| o.0.get(&token).copied())
+        let origins = self.origins.lock().ok()?;
+        match origins[(token % REMEMBERED_ORIGINS as u64) as usize] {
+            Some((kept, origin)) if kept == token => Some(origin),
+            _ => None,
+        }
     }
 }
 
@@ -492,6 +507,7 @@ unsafe extern "C" fn cb_schedule(ctx: *mut c_void, delay_ms: u64, timer: u64) ->
     guarded(|| match ctx.timers.lock() {
         Ok(mut timers) if timers.len() < MAX_TIMERS => {
             timers.push((Instant::now() + Duration::from_millis(delay_ms), timer));
+            ctx.timer_count.store(timers.len(), Ordering::Release);
             host_code::OK
         }
         _ => host_code::REFUSED,
@@ -526,12 +542,17 @@ unsafe impl Send for Runner {}
 impl Runner {
     fn run(mut self, jobs: Receiver<Job>) {
         loop {
-            let next = self
-                .ctx
-                .timers
-                .lock()
-                .ok()
-                .and_then(|t| t.iter().map(|(due, _)| *due).min());
+            // No lock and no clock read per message while no timer is set.
+            let timers_set = self.ctx.timer_count.load(Ordering::Acquire) > 0;
+            let next = timers_set
+                .then(|| {
+                    self.ctx
+                        .timers
+                        .lock()
+                        .ok()
+                        .and_then(|t| t.iter().map(|(due, _)| *due).min())
+                })
+                .flatten();
             let wait = next
                 .map(|d| d.saturating_duration_since(Instant::now()))
                 .unwrap_or(Duration::from_secs(1));
@@ -550,15 +571,17 @@ impl Runner {
                 Ok(Job::Unload) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            let due: Vec<u64> = match self.ctx.timers.lock() {
-                Ok(mut timers) => {
+            let timers_set = self.ctx.timer_count.load(Ordering::Acquire) > 0;
+            let due: Vec<u64> = match timers_set.then(|| self.ctx.timers.lock()) {
+                Some(Ok(mut timers)) => {
                     let now = Instant::now();
                     let (fire, keep): (Vec<_>, Vec<_>) =
                         timers.drain(..).partition(|(due, _)| *due <= now);
                     *timers = keep;
+                    self.ctx.timer_count.store(timers.len(), Ordering::Release);
                     fire.into_iter().map(|(_, id)| id).collect()
                 }
-                Err(_) => Vec::new(),
+                _ => Vec::new(),
             };
             if self.instance.unloaded.load(Ordering::Relaxed) {
                 break;
@@ -583,7 +606,7 @@ impl Runner {
         let instance = &self.instance;
         let started = Instant::now();
         instance.busy_since.store(
-            (instance.epoch.elapsed().as_nanos() as u64).max(1),
+            (started.duration_since(instance.epoch).as_nanos() as u64).max(1),
             Ordering::Relaxed,
         );
         instance.metrics.calls.increment(1);
@@ -809,14 +832,7 @@ impl PluginHost {
     ) -> Option<Arc<PluginInstance>> {
         let plan = self.plan.lock().ok()?.clone()?;
         let name: Arc<str> = plugin.name.as_str().into();
-        let ctx = Box::new(HostContext {
-            plugin: name.clone(),
-            board: self.board.clone(),
-            origins: Mutex::new((HashMap::new(), VecDeque::new())),
-            next_origin: AtomicU64::new(0),
-            timers: Mutex::new(Vec::new()),
-            counters: Mutex::new(HashMap::new()),
-        });
+        let ctx = Box::new(HostContext::new(name.clone(), self.board.clone()));
         let ctx_ptr = &*ctx as *const HostContext as *mut c_void;
         // SAFETY: the vtable passed its checks; the context box outlives the instance (the runner owns it).
         let handle = match unsafe { host::create(plugin.vtable, &HOST_VTABLE, ctx_ptr, config) } {
@@ -826,7 +842,7 @@ impl PluginHost {
                 return None;
             }
         };
-        let (jobs, inbox) = sync_channel(plan.config.queue.max(1));
+        let (jobs, inbox) = handover::channel(plan.config.queue);
         let instance = Arc::new(PluginInstance {
             plugin: name.clone(),
             route: route.into(),

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use patchbay_plugin_api::osc::{
-    encode, encode_message, OscArg, OscBundle, OscMessage, OscPacket, TimeTag,
+    encode, encode_message, encode_message_into, DecodeLimits, OscBundle, OscMessage, OscPacket,
+    PacketRef, TimeTag,
 };
 use rhai::module_resolvers::FileModuleResolver;
 use rhai::{
@@ -332,11 +333,37 @@ pub struct ScriptContext {
     pub board: SharedSwitchboard,
     pub hostnames: Arc<Hostnames>,
     pub timers: Arc<Mutex<Timers>>,
+    /// Set whenever the script adds or cancels a timer, so the worker re-reads the next due time
+    /// only then, not under the lock after every message.
+    pub timers_edited: Arc<AtomicBool>,
     pub state: State,
     pub limits: Limits,
     /// Nanoseconds after `epoch` when the current call must stop.
     pub deadline: Arc<AtomicU64>,
     pub epoch: Instant,
+}
+
+impl ScriptContext {
+    /// A context with no timers and no call running.
+    pub fn new(
+        name: Arc<str>,
+        board: SharedSwitchboard,
+        hostnames: Arc<Hostnames>,
+        state: State,
+        limits: Limits,
+    ) -> ScriptContext {
+        ScriptContext {
+            name,
+            board,
+            hostnames,
+            timers: Arc::new(Mutex::new(Timers::default())),
+            timers_edited: Arc::new(AtomicBool::new(false)),
+            state,
+            limits,
+            deadline: Arc::new(AtomicU64::new(u64::MAX)),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 /// The message's origin, shaped like TouchDesigner's Peer class.
@@ -412,17 +439,64 @@ impl Peer {
 }
 
 fn osc_message(address: &str, values: &Array, options: &SendOscOptions) -> RhaiResult<OscMessage> {
+    let mut message = OscMessage::new("", Vec::new());
+    fill_osc_message(&mut message, address, values, options)?;
+    Ok(message)
+}
+
+/// `message` made `address` with `values` (its buffers reused).
+fn fill_osc_message(
+    message: &mut OscMessage,
+    address: &str,
+    values: &Array,
+    options: &SendOscOptions,
+) -> RhaiResult<()> {
     if !address.starts_with('/') {
         return Err(format!("OSC address `{address}` must start with `/`").into());
     }
-    let args = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            values::dynamic_to_osc(v, options).map_err(|e| format!("argument {}: {e}", i + 1))
-        })
-        .collect::<Result<Vec<OscArg>, String>>()?;
-    Ok(OscMessage::new(address, args))
+    message.address.clear();
+    message.address.push_str(address);
+    message.args.clear();
+    for (i, v) in values.iter().enumerate() {
+        let arg =
+            values::dynamic_to_osc(v, options).map_err(|e| format!("argument {}: {e}", i + 1))?;
+        message.args.push(arg);
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// `send`'s message and bytes, reused: a script's calls all run on its own worker thread.
+    static SEND_SCRATCH: std::cell::RefCell<(OscMessage, Vec<u8>)> =
+        std::cell::RefCell::new((OscMessage::new("", Vec::new()), Vec::new()));
+}
+
+/// `send(channel, address, values)`: the values as OSC arguments (TouchDesigner's rules), encoded
+/// into a reused buffer, sent to the channel by name.
+fn send_to_channel(
+    board: &SharedSwitchboard,
+    channel: &str,
+    address: &str,
+    values: &Array,
+) -> RhaiResult<INT> {
+    SEND_SCRATCH.with(|scratch| {
+        // Never re-entered (`send` calls no script code); a fresh pair if it ever were.
+        let mut fresh = None;
+        let mut borrowed = scratch.try_borrow_mut().ok();
+        let (message, bytes) = match borrowed.as_deref_mut() {
+            Some(pair) => pair,
+            None => fresh.insert((OscMessage::new("", Vec::new()), Vec::new())),
+        };
+        fill_osc_message(message, address, values, &SendOscOptions::default())?;
+        bytes.clear();
+        encode_message_into(message, bytes);
+        let board = board.load();
+        let output = board
+            .output_named(channel)
+            .ok_or_else(|| format!("no channel named `{channel}`"))?;
+        output.send(bytes);
+        Ok(bytes.len() as INT)
+    })
 }
 
 /// `[[address, [values]], ...]` for several messages at once.
@@ -538,14 +612,7 @@ pub fn build(ctx: &ScriptContext) -> Engine {
     // send to channels
     let board = ctx.board.clone();
     let send = move |channel: &str, address: &str, values: Array| -> RhaiResult<INT> {
-        let message = osc_message(address, &values, &SendOscOptions::default())?;
-        let bytes = encode_message(&message);
-        let board = board.load();
-        let output = board
-            .output_named(channel)
-            .ok_or_else(|| format!("no channel named `{channel}`"))?;
-        output.send(&bytes);
-        Ok(bytes.len() as INT)
+        send_to_channel(&board, channel, address, &values)
     };
     let send_no_args = send.clone();
     engine.register_fn("send", send);
@@ -579,6 +646,7 @@ pub fn build(ctx: &ScriptContext) -> Engine {
     // timers
     for (fn_name, repeat) in [("after", false), ("every", true)] {
         let timers = ctx.timers.clone();
+        let edited = ctx.timers_edited.clone();
         let max = limits.max_timers;
         let add = move |ms: INT, function: Dynamic, args: Array| -> RhaiResult<INT> {
             let function = function_name(&function)?;
@@ -599,6 +667,7 @@ pub fn build(ctx: &ScriptContext) -> Engine {
                 args,
             };
             timers.entries.insert(id, timer);
+            edited.store(true, Ordering::Release);
             Ok(id)
         };
         let add_no_args = add.clone();
@@ -608,11 +677,14 @@ pub fn build(ctx: &ScriptContext) -> Engine {
         });
     }
     let timers = ctx.timers.clone();
+    let edited = ctx.timers_edited.clone();
     engine.register_fn("cancel", move |id: INT| {
-        timers
+        let removed = timers
             .lock()
             .map(|mut t| t.entries.remove(&id).is_some())
-            .unwrap_or(false)
+            .unwrap_or(false);
+        edited.store(true, Ordering::Release);
+        removed
     });
 
     // peer
@@ -689,43 +761,148 @@ pub fn build(ctx: &ScriptContext) -> Engine {
     engine
 }
 
-/// The `msg` a script function receives.
-pub fn message_map(message: &super::ScriptMessage, peer: Peer) -> Map {
-    let mut map = Map::new();
-    map.insert("address".into(), message.address.clone().into());
-    map.insert(
-        "args".into(),
-        message
-            .args
-            .iter()
-            .map(values::osc_to_dynamic)
-            .collect::<Array>()
-            .into(),
-    );
-    map.insert("type_tags".into(), message.type_tags.clone().into());
-    map.insert("channel".into(), message.channel.to_string().into());
-    map.insert("route".into(), message.route.to_string().into());
-    map.insert("received_ms".into(), Dynamic::from(message.received_ms));
-    let parts: Array = message
-        .address
-        .split('/')
-        .filter(|p| !p.is_empty())
-        .map(|p| Dynamic::from(p.to_string()))
-        .collect();
-    map.insert("parts".into(), parts.into());
-    let captures: Array = message
-        .captures
-        .iter()
-        .map(|c| Dynamic::from(c.clone()))
-        .collect();
-    map.insert("captures".into(), captures.into());
-    map.insert("peer".into(), Dynamic::from(peer));
-    if let Some(value) = &message.value {
-        // A json or raw peer payload: the whole value, not only its OSC form.
-        map.insert(
-            "value".into(),
-            rhai::serde::to_dynamic(&**value).unwrap_or(Dynamic::UNIT),
-        );
+/// The keys of `msg`, in the map's (sorted) order.
+const MSG_KEYS: [&str; 9] = [
+    "address",
+    "args",
+    "captures",
+    "channel",
+    "parts",
+    "peer",
+    "received_ms",
+    "route",
+    "type_tags",
+];
+
+/// Builds the `msg` a script function receives, one per message, on the script's thread.
+///
+/// What repeats from one message to the next (the address and its parts, the captures, the type
+/// tags, the channel and route names) is kept from the last message and shared (a reference count,
+/// not a copy of the text); the map itself is a clone of a template with every key, its values
+/// then set in key order, so no key is made or looked up per message.
+pub struct MessageBuilder {
+    template: Map,
+    address: ImmutableString,
+    parts: Array,
+    type_tags: ImmutableString,
+    captures: Vec<ImmutableString>,
+    channel: Option<(Arc<str>, ImmutableString)>,
+    route: Option<(Arc<str>, ImmutableString)>,
+    limits: DecodeLimits,
+}
+
+impl Default for MessageBuilder {
+    fn default() -> Self {
+        MessageBuilder::new()
     }
-    map
+}
+
+impl MessageBuilder {
+    pub fn new() -> MessageBuilder {
+        MessageBuilder {
+            template: MSG_KEYS
+                .iter()
+                .map(|k| ((*k).into(), Dynamic::UNIT))
+                .collect(),
+            address: ImmutableString::new(),
+            parts: Array::new(),
+            type_tags: ImmutableString::new(),
+            captures: Vec::new(),
+            channel: None,
+            route: None,
+            // The receiving thread validated the bytes with its channel's limits.
+            limits: DecodeLimits {
+                max_bundle_depth: usize::MAX,
+                max_array_depth: usize::MAX,
+            },
+        }
+    }
+
+    /// The `msg` map; `None` if the bytes are not one OSC message (never: the receiving thread
+    /// validated them).
+    pub fn build(&mut self, message: &super::ScriptMessage, peer: Peer) -> Option<Map> {
+        let Ok(PacketRef::Message(osc)) = PacketRef::parse(&message.raw, &self.limits) else {
+            return None;
+        };
+        if self.address.as_str() != osc.address {
+            self.address = osc.address.into();
+            self.parts = osc
+                .address
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .map(|p| Dynamic::from(ImmutableString::from(p)))
+                .collect();
+        }
+        if self.type_tags.as_str() != osc.type_tags {
+            self.type_tags = osc.type_tags.into();
+        }
+        let captured = |&(start, end): &(usize, usize)| osc.address.get(start..end).unwrap_or("");
+        if self.captures.len() != message.captures.len()
+            || self
+                .captures
+                .iter()
+                .zip(&message.captures)
+                .any(|(kept, span)| kept.as_str() != captured(span))
+        {
+            self.captures = message
+                .captures
+                .iter()
+                .map(|span| captured(span).into())
+                .collect();
+        }
+        let channel = shared_name(&mut self.channel, &message.channel);
+        let route = shared_name(&mut self.route, &message.route);
+        let args = values::args_to_dynamic(&mut osc.arg_refs());
+        let captures: Array = self.captures.iter().cloned().map(Dynamic::from).collect();
+        let values: [Dynamic; 9] = [
+            self.address.clone().into(),
+            args.into(),
+            captures.into(),
+            channel.into(),
+            self.parts.clone().into(),
+            Dynamic::from(peer),
+            Dynamic::from(message.received_ms),
+            route.into(),
+            self.type_tags.clone().into(),
+        ];
+        let mut map = self.template.clone();
+        for (slot, value) in map.values_mut().zip(values) {
+            *slot = value;
+        }
+        if let Some(value) = &message.value {
+            // A json or raw peer payload: the whole value, not only its OSC form.
+            map.insert(
+                "value".into(),
+                rhai::serde::to_dynamic(&**value).unwrap_or(Dynamic::UNIT),
+            );
+        }
+        Some(map)
+    }
+}
+
+/// The name as a script string, made once per distinct `Arc` (a route's or channel's name).
+fn shared_name(kept: &mut Option<(Arc<str>, ImmutableString)>, name: &Arc<str>) -> ImmutableString {
+    match kept {
+        Some((arc, text)) if Arc::ptr_eq(arc, name) => text.clone(),
+        _ => {
+            let text = ImmutableString::from(&**name);
+            *kept = Some((name.clone(), text.clone()));
+            text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msg_keys_are_in_map_order() {
+        let map: Map = MSG_KEYS
+            .iter()
+            .map(|k| ((*k).into(), Dynamic::UNIT))
+            .collect();
+        let keys: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys, MSG_KEYS);
+    }
 }

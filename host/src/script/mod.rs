@@ -13,18 +13,18 @@
 //! - [`hostname`]: reverse lookups for `peer.hostname`, done off the message path.
 
 pub mod engine;
+pub(crate) mod handover;
 pub mod hostname;
 pub mod values;
 pub mod worker;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::TrySendError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram};
-use patchbay_plugin_api::osc::OscArg;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::Origin;
@@ -188,18 +188,20 @@ impl ScriptsPlan {
     }
 }
 
-/// A message handed to a script: owned, because it crosses to the script's thread.
+/// A message handed to a script: owned, because it crosses to the script's thread. It stays in its
+/// encoded form (one copy of the bytes) and is decoded on the script's thread, so the receiving
+/// thread does not allocate every string and argument only for the script's thread to convert them
+/// again (see `engine::MessageBuilder`).
 #[derive(Debug, Clone)]
 pub struct ScriptMessage {
-    pub address: String,
-    pub args: Vec<OscArg>,
-    pub type_tags: String,
+    /// One OSC message, validated by the receiving thread.
+    pub raw: Vec<u8>,
     pub channel: Arc<str>,
     pub route: Arc<str>,
     /// Milliseconds since the Unix epoch when the packet arrived.
     pub received_ms: i64,
-    /// What each wildcard of the route's pattern matched.
-    pub captures: Vec<String>,
+    /// What each wildcard of the route's pattern matched, as byte ranges of the address.
+    pub captures: Vec<(usize, usize)>,
     pub origin: Origin,
     /// The full value of a json or raw peer payload (the message's arguments are its OSC form).
     pub value: Option<Arc<serde_json::Value>>,
@@ -259,7 +261,7 @@ pub struct ScriptHandle {
     /// The script's name in logs and metrics: its path as written in the config.
     pub name: Arc<str>,
     pub path: PathBuf,
-    jobs: SyncSender<Job>,
+    jobs: handover::Sender<Job>,
     pub metrics: ScriptMetrics,
     drop_log: Mutex<RateLimitedLog>,
     /// Files this script's current version imports (so saving one of them reloads it).
@@ -351,7 +353,7 @@ impl ScriptHost {
         }
         let plan = self.plan.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let limits = plan.limits(path);
-        let (jobs, inbox) = sync_channel(limits.queue.max(1));
+        let (jobs, inbox) = handover::channel(limits.queue);
         let handle = Arc::new(ScriptHandle {
             name: name.into(),
             path: path.to_path_buf(),
@@ -445,7 +447,7 @@ impl ScriptHost {
             .collect();
         for handle in &scripts {
             // A full queue means the script is busy; it saves within a second anyway.
-            let _ = handle.jobs.try_send(Job::Stop);
+            let _ = handle.jobs.try_send_now(Job::Stop);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         for handle in &scripts {

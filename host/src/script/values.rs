@@ -119,7 +119,7 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use patchbay_plugin_api::osc::{Midi, OscArg, Rgba, TimeTag};
+use patchbay_plugin_api::osc::{ArgRef, ArgRefs, Midi, OscArg, Rgba, TimeTag};
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, FLOAT, INT};
 
 /// `peer.send_osc` options (TouchDesigner's keyword arguments).
@@ -410,6 +410,28 @@ pub fn osc_to_dynamic(arg: &OscArg) -> Dynamic {
         ),
         OscArg::Rgba(c) => int_map(&RGBA_KEYS, &[c.r, c.g, c.b, c.a].map(INT::from)),
     }
+}
+
+/// `msg.args` straight from a message's arguments: the values [`osc_to_dynamic`] gives for each
+/// decoded argument, without making the owned `OscArg`s first (numbers, the most common arguments,
+/// need no allocation at all).
+pub fn args_to_dynamic(refs: &mut ArgRefs<'_>) -> Array {
+    let mut out = Array::new();
+    while let Some(arg) = refs.next() {
+        out.push(match arg {
+            ArgRef::ArrayStart => Dynamic::from_array(args_to_dynamic(refs)),
+            ArgRef::ArrayEnd => break,
+            ArgRef::Int(v) => Dynamic::from_int(INT::from(v)),
+            ArgRef::Long(v) => Dynamic::from_int(v),
+            ArgRef::Float(v) => Dynamic::from_float(FLOAT::from(v)),
+            ArgRef::Double(v) => Dynamic::from_float(v),
+            scalar => match scalar.to_owned_scalar() {
+                Some(owned) => osc_to_dynamic(&owned),
+                None => continue,
+            },
+        });
+    }
+    out
 }
 
 fn int_map(keys: &[&str], values: &[INT]) -> Dynamic {
@@ -745,6 +767,55 @@ mod tests {
     };
     /// The columns of the module-doc table, in order.
     const COLUMNS: [SendOscOptions; 4] = [DEFAULT, STANDARD, WIDE, BOTH];
+
+    #[test]
+    fn args_from_the_bytes_are_the_decoded_args() {
+        let message = OscMessage::new(
+            "/all",
+            vec![
+                OscArg::Int(-3),
+                OscArg::Long(1 << 40),
+                OscArg::Float(0.5),
+                OscArg::Double(0.25),
+                OscArg::String("text".into()),
+                OscArg::Symbol("sym".into()),
+                OscArg::Blob(vec![1, 2, 3]),
+                OscArg::True,
+                OscArg::False,
+                OscArg::Nil,
+                OscArg::Inf,
+                OscArg::Char('x'),
+                OscArg::Time(TimeTag::new(5, 6)),
+                OscArg::Midi(Midi {
+                    port: 1,
+                    status: 0x90,
+                    data1: 60,
+                    data2: 100,
+                }),
+                OscArg::Rgba(Rgba {
+                    r: 1,
+                    g: 2,
+                    b: 3,
+                    a: 4,
+                }),
+                OscArg::Array(vec![
+                    OscArg::Int(1),
+                    OscArg::Array(vec![OscArg::Float(2.0)]),
+                ]),
+                OscArg::Int(7),
+            ],
+        );
+        let bytes = encode_message(&message);
+        let Ok(patchbay_plugin_api::osc::PacketRef::Message(parsed)) =
+            patchbay_plugin_api::osc::PacketRef::parse(&bytes, &Default::default())
+        else {
+            panic!("the message parses");
+        };
+        let direct = args_to_dynamic(&mut parsed.arg_refs());
+        let decoded: Array = parsed.args().iter().map(osc_to_dynamic).collect();
+        assert_eq!(format!("{direct:?}"), format!("{decoded:?}"));
+        assert_eq!(direct.len(), message.args.len());
+    }
 
     fn engine() -> Engine {
         let mut engine = Engine::new();

@@ -3,14 +3,15 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, FuncArgs, Map, Scope, AST};
 
-use super::engine::{self, Peer, ScriptContext, State, Timers};
+use super::engine::{self, MessageBuilder, Peer, ScriptContext, State};
+use super::handover::Receiver;
 use super::hostname::Hostnames;
 use super::{Job, Limits, ScriptHandle, ScriptMessage};
 use crate::dispatch::{RateLimitedLog, SharedSwitchboard};
@@ -60,6 +61,11 @@ struct Worker {
     init_done: bool,
     /// The text of the version running, to place errors that come without a position.
     source: String,
+    /// Builds each message's `msg`.
+    messages: MessageBuilder,
+    /// When the next timer is due, as of the last look at the timers (re-read when a script edits
+    /// them, see `ScriptContext::timers_edited`).
+    next_due: Option<Instant>,
 }
 
 impl Worker {
@@ -68,16 +74,13 @@ impl Worker {
             load_state(setup.persist.as_deref(), &setup.handle.name),
             setup.limits.max_state_entries,
         );
-        let ctx = ScriptContext {
-            name: setup.handle.name.clone(),
-            board: setup.board,
-            hostnames: setup.hostnames,
-            timers: Arc::new(Mutex::new(Timers::default())),
+        let ctx = ScriptContext::new(
+            setup.handle.name.clone(),
+            setup.board,
+            setup.hostnames,
             state,
-            limits: setup.limits,
-            deadline: Arc::new(AtomicU64::new(u64::MAX)),
-            epoch: Instant::now(),
-        };
+            setup.limits,
+        );
         let mut worker = Worker {
             engine: engine::build(&ctx),
             handle: setup.handle,
@@ -92,6 +95,8 @@ impl Worker {
             init_asked: false,
             init_done: false,
             source: String::new(),
+            messages: MessageBuilder::new(),
+            next_due: None,
         };
         match engine::compile_file(&worker.handle.path, setup.module_dir.as_deref()) {
             Ok((ast, imports)) => {
@@ -171,8 +176,13 @@ impl Worker {
         self.save_state(true);
     }
 
-    fn next_timer(&self) -> Option<Instant> {
-        self.ctx.timers.lock().ok().and_then(|t| t.next_due())
+    fn next_timer(&mut self) -> Option<Instant> {
+        if self.ctx.timers_edited.load(Ordering::Relaxed)
+            && self.ctx.timers_edited.swap(false, Ordering::Acquire)
+        {
+            self.next_due = self.ctx.timers.lock().ok().and_then(|t| t.next_due());
+        }
+        self.next_due
     }
 
     /// `init()` / `on_reload()`, when the script defines them.
@@ -188,7 +198,9 @@ impl Worker {
             return Err("the script has no good version yet (see its compile error)".into());
         }
         if self.functions.get(function) != Some(&1) {
-            return Err(format!("the script has no function `{function}(offer)` with one parameter"));
+            return Err(format!(
+                "the script has no function `{function}(offer)` with one parameter"
+            ));
         }
         let arg = rhai::serde::to_dynamic(&arg).map_err(|e| e.to_string())?;
         match self.call(function, (arg,), "offer") {
@@ -216,17 +228,32 @@ impl Worker {
             return;
         };
         let peer = Peer::new(message.origin, message.channel.clone(), &self.ctx);
-        let route = message.route.clone();
-        let msg = Dynamic::from_map(engine::message_map(&message, peer.clone()));
-        let _ = match params {
-            2 => self.call(function, (msg, Dynamic::from(peer)), &route),
-            _ => self.call(function, (msg,), &route),
+        let second = (params == 2).then(|| Dynamic::from(peer.clone()));
+        let Some(msg) = self.messages.build(&message, peer) else {
+            return;
+        };
+        let msg = Dynamic::from_map(msg);
+        let _ = match second {
+            Some(peer) => self.call(function, (msg, peer), &message.route),
+            None => self.call(function, (msg,), &message.route),
         };
     }
 
     fn fire_timers(&mut self) {
+        // No lock and no clock read per message while no timer is set.
+        let Some(next) = self.next_timer() else {
+            return;
+        };
+        let now = Instant::now();
+        if next > now {
+            return;
+        }
         let due = match self.ctx.timers.lock() {
-            Ok(mut timers) => timers.take_due(Instant::now()),
+            Ok(mut timers) => {
+                let due = timers.take_due(now);
+                self.next_due = timers.next_due();
+                due
+            }
             Err(_) => return,
         };
         for (_, function, args) in due {
@@ -247,7 +274,7 @@ impl Worker {
     fn call(&mut self, function: &str, args: impl FuncArgs, context: &str) -> Option<Dynamic> {
         let ast = self.ast.as_ref()?;
         let started = Instant::now();
-        let deadline = self.ctx.epoch.elapsed() + self.ctx.limits.timeout;
+        let deadline = started.duration_since(self.ctx.epoch) + self.ctx.limits.timeout;
         self.ctx
             .deadline
             .store(deadline.as_nanos() as u64, Ordering::Relaxed);
