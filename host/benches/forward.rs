@@ -8,6 +8,9 @@
 //! cargo bench -p patchbay --bench forward -- --wait-quiet 300 --write docs/benchmarks.md
 //! ```
 //!
+//! `--only targets` measures only the script and plugin routes (issues 5 and 6) and the Rhai call,
+//! `--only rhai` only the Rhai call, and prints them (no `--write`): for working on those targets.
+//!
 //! `--wait-quiet SECS` waits (up to SECS before each run) until other processes leave the machine
 //! nearly idle: on a 2-core machine shared with builds, a neighbour's compile changes every figure.
 //! Each run's row says how busy the neighbours were.
@@ -123,11 +126,17 @@ fn main() {
     let mut quick = false;
     let mut write: Option<PathBuf> = None;
     let mut wait_quiet: Option<Duration> = None;
+    let mut only: Option<extra::Only> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--write" => write = Some(args.next().expect("--write needs a path").into()),
+            "--only" => match args.next().as_deref() {
+                Some("targets") => only = Some(extra::Only::Targets),
+                Some("rhai") => only = Some(extra::Only::Rhai),
+                other => panic!("--only takes `targets` or `rhai`, not {other:?}"),
+            },
             "--wait-quiet" => {
                 let secs = args.next().and_then(|s| s.parse().ok());
                 wait_quiet = Some(Duration::from_secs(
@@ -157,8 +166,12 @@ fn main() {
         std::env::temp_dir().join(format!("patchbay-forward-bench-{}", std::process::id()));
     std::fs::create_dir_all(&workdir).expect("temp dir");
 
+    assert!(
+        !(only.is_some() && write.is_some()),
+        "--only prints its figures; --write needs the full run"
+    );
     let mut runs = Vec::new();
-    for run in 0..params.runs {
+    for run in (0..params.runs).filter(|_| only.is_none()) {
         let [raw, patchbay] = measure_run(&params, &workdir, run, placement, wait_quiet);
         for (kind, result) in [(Kind::Raw, raw), (Kind::Patchbay, patchbay)] {
             eprintln!("  run {} {:<8} {}", run + 1, kind.name(), result.one_line());
@@ -170,7 +183,20 @@ fn main() {
     } else {
         extra::ExtraParams::full()
     };
-    let extras = extra::measure(&params, &extra_params, &workdir, placement, wait_quiet);
+    let extras = extra::measure(
+        &params,
+        &extra_params,
+        &workdir,
+        placement,
+        wait_quiet,
+        only,
+    );
+    if only.is_some() {
+        let _ = std::fs::remove_dir_all(&workdir);
+        println!("\n{}\n{}", extras.table(), extras.runs_table());
+        println!("(took {:.1} s)", started.elapsed().as_secs_f64());
+        return;
+    }
 
     eprintln!("  route table and dispatch path (no I/O) ...");
     let lookups = measure_lookups(&params);

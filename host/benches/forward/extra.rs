@@ -18,12 +18,10 @@
 use super::*;
 
 use std::sync::atomic::AtomicI32;
-use std::sync::Mutex;
 
-use patchbay::script::engine::{self, Peer, ScriptContext, State, Timers};
+use patchbay::script::engine::{self, MessageBuilder, Peer, ScriptContext, State};
 use patchbay::script::hostname::Hostnames;
 use patchbay::script::{Limits, ScriptMessage};
-use patchbay_plugin_api::osc::OscArg;
 use rhai::{CallFnOptions, Dynamic, Scope};
 
 /// How often the save-to-applied probe is sent: the resolution of that measurement.
@@ -105,6 +103,33 @@ fn threads_named(prefix: &str) -> Vec<i32> {
             let tid: i32 = entry.file_name().to_str()?.parse().ok()?;
             let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
             comm.starts_with(prefix).then_some(tid)
+        })
+        .collect()
+}
+
+/// Summed voluntary context switches of a set of threads (`/proc/self/task/TID/status`): how often
+/// they blocked, i.e. parked and needed a wake-up.
+fn threads_waits(tids: &[i32]) -> u64 {
+    tids.iter()
+        .filter_map(|tid| {
+            let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Ids of this process's threads named exactly `name`.
+fn threads_named_exactly(name: &str) -> Vec<i32> {
+    threads_named(name)
+        .into_iter()
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
         })
         .collect()
 }
@@ -300,9 +325,20 @@ pub(super) struct Sums {
     /// Process CPU minus the sender, the sink and the benchmark's own helper threads.
     pub(super) host_cpu_ns: u64,
     pub(super) wall_ns: u64,
+    /// Times the target's thread blocked (voluntary context switches): each needed a wake-up.
+    pub(super) worker_waits: u64,
+    /// Times the relay thread blocked (it ran out of input): each needed a wake-up, and on the
+    /// core it shares with the target's thread, a switch away from that thread and back.
+    pub(super) relay_waits: u64,
 }
 
 impl Sums {
+    pub(super) fn waits_per_msg(&self) -> f64 {
+        self.worker_waits as f64 / self.received.max(1) as f64
+    }
+    pub(super) fn relay_waits_per_msg(&self) -> f64 {
+        self.relay_waits as f64 / self.received.max(1) as f64
+    }
     pub(super) fn relay_per_msg(&self) -> f64 {
         self.relay_cpu_ns as f64 / self.received.max(1) as f64
     }
@@ -337,6 +373,10 @@ fn measure_block(
     helpers: &[i32],
     sums: &mut Sums,
 ) {
+    // Read outside the CPU window (/proc reads are this thread's work, not the host's).
+    let relay_tids = threads_named_exactly("patchbay");
+    let waits0 = threads_waits(worker);
+    let relay_waits0 = threads_waits(&relay_tids);
     let process0 = process_cpu_ns();
     let helpers0 = threads_cpu_ns(helpers);
     let relay0 = relay.thread_cpu_ns();
@@ -348,10 +388,14 @@ fn measure_block(
     let relay_cpu = relay.thread_cpu_ns() - relay0;
     let helpers_cpu = threads_cpu_ns(helpers).saturating_sub(helpers0);
     let process_cpu = process_cpu_ns() - process0;
+    let waits = threads_waits(worker).saturating_sub(waits0);
+    let relay_waits = threads_waits(&relay_tids).saturating_sub(relay_waits0);
     sums.sent += n;
     sums.received += blasted.received;
     sums.relay_cpu_ns += relay_cpu;
     sums.worker_cpu_ns += worker_cpu;
+    sums.worker_waits += waits;
+    sums.relay_waits += relay_waits;
     sums.host_cpu_ns += process_cpu.saturating_sub(sender_cpu + blasted.sink_cpu_ns + helpers_cpu);
     sums.wall_ns += blasted
         .last_receive_ns
@@ -681,7 +725,8 @@ pub(super) fn measure_targets(
 // Issue 5: the Rhai call on its own
 
 pub(super) struct RhaiCost {
-    /// `engine::message_map`: the OSC message as the `msg` map (what the worker builds per call).
+    /// `engine::MessageBuilder::build`: the OSC message as the `msg` map (what the worker builds per
+    /// call).
     pub(super) message_map_ns: f64,
     /// `msg` map plus a call of an empty `on_message(msg)`.
     pub(super) empty_call_ns: f64,
@@ -691,7 +736,7 @@ pub(super) struct RhaiCost {
 
 /// The worker's per-message work without its queue: the host's engine (`engine::build`, with the
 /// default limits and the on-progress deadline check), the script compiled by `engine::compile_file`,
-/// `engine::message_map`, and `call_fn_with_options` with `eval_ast(false)` and `rewind_scope(true)`,
+/// `engine::MessageBuilder`, and `call_fn_with_options` with `eval_ast(false)` and `rewind_scope(true)`,
 /// as `script/worker.rs` calls it. `send` goes to an output that only counts.
 pub(super) fn measure_rhai(params: &Params, workdir: &Path) -> Result<RhaiCost, String> {
     let output = Arc::new(CountingOutput(AtomicU64::new(0), "out"));
@@ -702,16 +747,13 @@ pub(super) fn measure_rhai(params: &Params, workdir: &Path) -> Result<RhaiCost, 
     );
     let board = Arc::new(ArcSwap::from_pointee(board));
     let limits = Limits::default();
-    let ctx = ScriptContext {
-        name: "bench".into(),
+    let ctx = ScriptContext::new(
+        "bench".into(),
         board,
-        hostnames: Arc::new(Hostnames::start()),
-        timers: Arc::new(Mutex::new(Timers::default())),
-        state: State::new(rhai::Map::new(), limits.max_state_entries),
+        Arc::new(Hostnames::start()),
+        State::new(rhai::Map::new(), limits.max_state_entries),
         limits,
-        deadline: Arc::new(AtomicU64::new(u64::MAX)),
-        epoch: Instant::now(),
-    };
+    );
     let engine = engine::build(&ctx);
     let compile = |name: &str, text: &str| {
         let path = workdir.join(name);
@@ -726,22 +768,28 @@ pub(super) fn measure_rhai(params: &Params, workdir: &Path) -> Result<RhaiCost, 
         channel: ChannelId(0),
         addr: "127.0.0.1:5000".parse().expect("addr"),
     };
+    // What the relay thread hands over: the bench traffic's bytes, `$1` = the `3` of the address.
     let message = ScriptMessage {
-        address: SCRIPT_ADDRESS.into(),
-        args: vec![OscArg::Int(3), OscArg::Float(0.75), OscArg::Long(42)],
-        type_tags: "ifh".into(),
+        raw: message_to(SCRIPT_ADDRESS, 42).to_vec(),
         channel: "desk".into(),
         route: "scripted".into(),
         received_ms: 0,
-        captures: vec!["3".into()],
+        captures: vec![(7, 8)],
         origin,
         value: None,
     };
     let peer = Peer::new(origin, "desk".into(), &ctx);
     let mut scope = Scope::new();
     let options = || CallFnOptions::new().eval_ast(false).rewind_scope(true);
+    let builder = std::cell::RefCell::new(MessageBuilder::new());
+    let build = || {
+        builder
+            .borrow_mut()
+            .build(&message, peer.clone())
+            .expect("the bench message decodes")
+    };
     let mut call = |ast: &rhai::AST| {
-        let msg = Dynamic::from_map(engine::message_map(&message, peer.clone()));
+        let msg = Dynamic::from_map(build());
         engine
             .call_fn_with_options::<Dynamic>(options(), &mut scope, ast, "on_message", (msg,))
             .map(|_| ())
@@ -756,7 +804,7 @@ pub(super) fn measure_rhai(params: &Params, workdir: &Path) -> Result<RhaiCost, 
     }
     Ok(RhaiCost {
         message_map_ns: time_per_op(params.lookup_batch, || {
-            black_box(engine::message_map(black_box(&message), peer.clone()));
+            black_box(build());
         }),
         empty_call_ns: time_per_op(params.lookup_batch, || {
             let _ = black_box(call(&empty));
@@ -771,7 +819,8 @@ pub(super) fn measure_rhai(params: &Params, workdir: &Path) -> Result<RhaiCost, 
 // The report of parts 2 to 4
 
 pub(super) struct Extras {
-    pub(super) save: SaveToApplied,
+    /// `None` with `--only targets`.
+    pub(super) save: Option<SaveToApplied>,
     pub(super) reload: Vec<ReloadRun>,
     pub(super) targets: Result<Vec<TargetRun>, String>,
     pub(super) rhai: Result<RhaiCost, String>,
@@ -793,6 +842,8 @@ fn summed<'a>(sums: impl Iterator<Item = &'a Sums>) -> Sums {
         a.worker_cpu_ns += s.worker_cpu_ns;
         a.host_cpu_ns += s.host_cpu_ns;
         a.wall_ns += s.wall_ns;
+        a.worker_waits += s.worker_waits;
+        a.relay_waits += s.relay_waits;
         a
     })
 }
@@ -802,17 +853,17 @@ impl Extras {
     pub(super) fn table(&self) -> String {
         let mut t = String::new();
         // Save to applied.
-        let s = &self.save;
-        let mut sorted: Vec<u64> = s.ms.iter().map(|ms| (ms * 1e3) as u64).collect();
-        sorted.sort_unstable();
-        let p = |q: f64| percentile(&sorted, q) as f64 / 1e3;
-        let _ = writeln!(
-            t,
-            "| live reload (issue 4), {} saves | p50 | p95 | max | target |",
-            s.ms.len() + s.missed
-        );
-        let _ = writeln!(t, "|---|---:|---:|---:|---|");
-        let _ = writeln!(
+        if let Some(s) = &self.save {
+            let mut sorted: Vec<u64> = s.ms.iter().map(|ms| (ms * 1e3) as u64).collect();
+            sorted.sort_unstable();
+            let p = |q: f64| percentile(&sorted, q) as f64 / 1e3;
+            let _ = writeln!(
+                t,
+                "| live reload (issue 4), {} saves | p50 | p95 | max | target |",
+                s.ms.len() + s.missed
+            );
+            let _ = writeln!(t, "|---|---:|---:|---:|---|");
+            let _ = writeln!(
             t,
             "| save to applied, seen on the wire | {:.1} ms | {:.1} ms | {:.1} ms | < 250 ms: {} ({} never applied; host applied {:.0}) |",
             p(0.50),
@@ -822,12 +873,13 @@ impl Extras {
             s.missed,
             s.applied
         );
-        let _ = writeln!(
-            t,
-            "| host's own `patchbay_reload_save_to_applied_seconds` (mean) | {:.1} ms | | | |",
-            s.host_mean_ms
-        );
-        t.push('\n');
+            let _ = writeln!(
+                t,
+                "| host's own `patchbay_reload_save_to_applied_seconds` (mean) | {:.1} ms | | | |",
+                s.host_mean_ms
+            );
+            t.push('\n');
+        }
 
         // Forwarding under reloads.
         let r = &self.reload;
@@ -959,6 +1011,19 @@ impl Extras {
                 );
                 let _ = writeln!(
                     t,
+                    "| relay thread blocked (out of input), per message | {:.3} | {:.3} | {:.3} |",
+                    med(0, &Sums::relay_waits_per_msg),
+                    med(1, &Sums::relay_waits_per_msg),
+                    med(2, &Sums::relay_waits_per_msg)
+                );
+                let _ = writeln!(
+                    t,
+                    "| script / plugin thread parked (queue empty), per message | | {:.3} | {:.3} |",
+                    med(1, &Sums::waits_per_msg),
+                    med(2, &Sums::waits_per_msg)
+                );
+                let _ = writeln!(
+                    t,
                     "| ratio to forward, relay + target thread | 1.00x | {:.2}x | {:.2}x |",
                     ratio(1, &Sums::threads_per_msg),
                     ratio(2, &Sums::threads_per_msg)
@@ -994,7 +1059,7 @@ impl Extras {
                 let _ = writeln!(t, "|---|---:|");
                 let _ = writeln!(
                     t,
-                    "| `engine::message_map` (OSC args to the `msg` map) | {:.0} ns |",
+                    "| `engine::MessageBuilder::build` (the handed-over bytes to the `msg` map) | {:.0} ns |",
                     c.message_map_ns
                 );
                 let _ = writeln!(
@@ -1020,16 +1085,17 @@ impl Extras {
     /// Every run of parts 2 to 4.
     pub(super) fn runs_table(&self) -> String {
         let mut t = String::new();
-        let _ = writeln!(
-            t,
-            "| saves (ms, in order; even: in place, odd: write and rename) |\n|---|\n| {} |\n",
-            self.save
-                .ms
-                .iter()
-                .map(|ms| format!("{ms:.1}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        if let Some(save) = &self.save {
+            let _ = writeln!(
+                t,
+                "| saves (ms, in order; even: in place, odd: write and rename) |\n|---|\n| {} |\n",
+                save.ms
+                    .iter()
+                    .map(|ms| format!("{ms:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         if !self.reload.is_empty() {
             let _ = writeln!(
                 t,
@@ -1152,12 +1218,15 @@ impl Extras {
              the relay thread and the script worker or plugin instance thread; \"whole host\" is \
              `CLOCK_PROCESS_CPUTIME_ID` minus the sender's and the sink's thread clocks over the block, so \
              every other patchbay thread (watchers, the plugin watchdog, the hostname resolver) counts; \
-             the ratios to forward use it.\n",
+             the ratios to forward use it. \"Relay thread blocked\" and \"script / plugin thread parked\" \
+             are the threads' voluntary context switches over the block (`voluntary_ctxt_switches` in \
+             `/proc/self/task/TID/status`, read outside the CPU window), per message: each is a wait \
+             for input that a wake-up ended.\n",
         );
         md.push_str(
             "- **Rhai call cost (issue 5)**: no sockets and no queue: an engine made by \
              `patchbay::script::engine::build` (default limits, the per-call deadline check), scripts \
-             compiled by `engine::compile_file`, the `msg` map built by `engine::message_map` from a \
+             compiled by `engine::compile_file`, the `msg` map built by `engine::MessageBuilder` from a \
              `ScriptMessage` like the bench traffic (`,ifh`), called with \
              `call_fn_with_options(CallFnOptions::new().eval_ast(false).rewind_scope(true), …)` as \
              `script/worker.rs` does; `send` goes to an output that only counts bytes. The call rows \
@@ -1167,22 +1236,37 @@ impl Extras {
     }
 }
 
-/// Runs parts 2 to 4.
+/// `--only`: a part of the run, for working on one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Only {
+    /// The script and plugin routes and the Rhai call.
+    Targets,
+    /// The Rhai call.
+    Rhai,
+}
+
+/// Runs parts 2 to 4, or the part `only` names.
 pub(super) fn measure(
     params: &Params,
     extra: &ExtraParams,
     workdir: &Path,
     placement: Placement,
     wait_quiet: Option<Duration>,
+    only: Option<Only>,
 ) -> Extras {
-    eprintln!("  save to applied ...");
-    let save = measure_save_to_applied(extra, workdir, placement);
-    eprintln!(
-        "  save to applied: {:?} ms",
-        save.ms.iter().map(|m| m.round() as u64).collect::<Vec<_>>()
-    );
-    eprintln!("  forwarding while reloading ...");
-    let reload = measure_reload_cpu(params, extra, workdir, placement, wait_quiet);
+    let (save, reload) = if only.is_some() {
+        (None, Vec::new())
+    } else {
+        eprintln!("  save to applied ...");
+        let save = measure_save_to_applied(extra, workdir, placement);
+        eprintln!(
+            "  save to applied: {:?} ms",
+            save.ms.iter().map(|m| m.round() as u64).collect::<Vec<_>>()
+        );
+        eprintln!("  forwarding while reloading ...");
+        let reload = measure_reload_cpu(params, extra, workdir, placement, wait_quiet);
+        (Some(save), reload)
+    };
     for (i, r) in reload.iter().enumerate() {
         eprintln!(
             "  reload run {}: relay {:.0} / {:.0} ns, host {:.0} / {:.0} ns (none / reloading), {} saves, {:.0} applied",
@@ -1195,8 +1279,12 @@ pub(super) fn measure(
             r.applied
         );
     }
-    eprintln!("  script and plugin targets ...");
-    let targets = measure_targets(params, extra, workdir, placement, wait_quiet);
+    let targets = if only == Some(Only::Rhai) {
+        Err("left out (--only rhai)".to_string())
+    } else {
+        eprintln!("  script and plugin targets ...");
+        measure_targets(params, extra, workdir, placement, wait_quiet)
+    };
     match &targets {
         Ok(runs) => {
             for (i, r) in runs.iter().enumerate() {
@@ -1205,11 +1293,13 @@ pub(super) fn measure(
                     .zip(&r.sums)
                     .map(|(t, s)| {
                         format!(
-                            "{} relay {:.0} + thread {:.0} = {:.0} ns, host {:.0} ns, loss {}",
+                            "{} relay {:.0} + thread {:.0} = {:.0} ns (blocked {:.3} / parked {:.3} per msg), host {:.0} ns, loss {}",
                             t.name(),
                             s.relay_per_msg(),
                             s.worker_per_msg(),
                             s.threads_per_msg(),
+                            s.relay_waits_per_msg(),
+                            s.waits_per_msg(),
                             s.host_per_msg(),
                             s.loss()
                         )
