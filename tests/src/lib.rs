@@ -43,6 +43,17 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The pinned python-osc release used as the third-party sender and receiver.
 pub const PYTHON_OSC_VERSION: &str = "1.10.2";
+/// The pinned peerpy release: the third-party peer of `kind: peer` channels (`tests/tests/peer.rs`).
+pub const PEERPY_VERSION: &str = "1.2.2";
+/// The pinned requests release: peerpy imports it without declaring it as a dependency.
+pub const REQUESTS_VERSION: &str = "2.34.2";
+
+/// Every package the harness venv pins: (distribution name, version). `.ci/run` installs the same.
+pub const PYTHON_PINS: [(&str, &str); 3] = [
+    ("python-osc", PYTHON_OSC_VERSION),
+    ("peerpy", PEERPY_VERSION),
+    ("requests", REQUESTS_VERSION),
+];
 
 // ---------------------------------------------------------------------------------------------------
 // Locations and the binary
@@ -849,17 +860,19 @@ pub fn position(text: &str, needle: &str, nth: usize) -> (usize, usize) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Python (python-osc as the third-party peer)
+// Python (python-osc and peerpy as the third-party peers)
 
 /// `<workspace>/tests/python/NAME`.
 pub fn python_script(name: &str) -> PathBuf {
     workspace_root().join("tests").join("python").join(name)
 }
 
-/// The venv interpreter `<workspace>/.venv/bin/python` with python-osc [`PYTHON_OSC_VERSION`]
-/// installed. Creates the venv (with `$PYTHON` or `python3`) and installs python-osc when missing,
-/// under an in-process [`OnceLock`] and a file lock in the target dir (other test processes, `.ci/run`
-/// and colleagues may do the same at once). `.ci/run` does the same install up front.
+/// The venv interpreter `<workspace>/.venv/bin/python` with every pin of [`PYTHON_PINS`] installed
+/// (python-osc [`PYTHON_OSC_VERSION`], peerpy [`PEERPY_VERSION`], requests [`REQUESTS_VERSION`]).
+/// Creates the venv (with `$PYTHON` or `python3`) and installs the pins when any is missing or at
+/// another version, under an in-process [`OnceLock`] and a file lock in the target dir (other test
+/// processes, `.ci/run` and colleagues may do the same at once). `.ci/run` does the same install up
+/// front.
 pub fn python() -> PathBuf {
     static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PY.get_or_init(ensure_venv)
@@ -871,24 +884,52 @@ fn venv_python() -> PathBuf {
     workspace_root().join(".venv").join("bin").join("python")
 }
 
-fn installed_python_osc(py: &Path) -> Option<String> {
-    let out = Command::new(py)
-        .args([
-            "-c",
-            "import importlib.metadata as m; print(m.version('python-osc'))",
-        ])
+/// The installed version of each package of [`PYTHON_PINS`] (`None`: not installed, or no venv).
+fn installed_pins(py: &Path) -> Vec<Option<String>> {
+    let none = || vec![None; PYTHON_PINS.len()];
+    // One line per name: its version, or an empty line when it is not installed.
+    let script = "import importlib.metadata as m, sys\nfor name in sys.argv[1:]:\n    try:\n        print(m.version(name))\n    except m.PackageNotFoundError:\n        print()\n";
+    let Ok(out) = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .args(PYTHON_PINS.map(|(name, _)| name))
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    else {
+        return none();
+    };
+    if !out.status.success() {
+        return none();
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut versions: Vec<Option<String>> = text
+        .lines()
+        .map(|l| Some(l.trim().to_string()).filter(|v| !v.is_empty()))
+        .collect();
+    versions.resize(PYTHON_PINS.len(), None);
+    versions
+}
+
+/// `Ok` when every pin is installed at its version, else what differs.
+fn pins_satisfied(py: &Path) -> Result<(), String> {
+    let installed = installed_pins(py);
+    let wrong: Vec<String> = PYTHON_PINS
+        .iter()
+        .zip(&installed)
+        .filter(|((_, want), have)| have.as_deref() != Some(*want))
+        .map(|((name, want), have)| format!("{name} {have:?} (want {want})"))
+        .collect();
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join(", "))
+    }
 }
 
 fn ensure_venv() -> Result<PathBuf, String> {
     let py = venv_python();
-    if installed_python_osc(&py).as_deref() == Some(PYTHON_OSC_VERSION) {
+    if pins_satisfied(&py).is_ok() {
         return Ok(py);
     }
     let lock_dir = target_dir();
@@ -903,7 +944,7 @@ fn ensure_venv() -> Result<PathBuf, String> {
     lock.lock()
         .map_err(|e| format!("lock {}: {e}", lock_path.display()))?;
     // Someone else may have finished while we waited for the lock.
-    if installed_python_osc(&py).as_deref() == Some(PYTHON_OSC_VERSION) {
+    if pins_satisfied(&py).is_ok() {
         return Ok(py);
     }
     let venv = workspace_root().join(".venv");
@@ -920,23 +961,27 @@ fn ensure_venv() -> Result<PathBuf, String> {
             venv.as_os_str(),
         ]))?;
     }
-    let pin = format!("python-osc=={PYTHON_OSC_VERSION}");
-    eprintln!("patchbay-tests: installing {pin} into {}", venv.display());
-    run_setup(Command::new(&py).args([
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "-q",
-        &pin,
-    ]))?;
-    match installed_python_osc(&py) {
-        Some(v) if v == PYTHON_OSC_VERSION => Ok(py),
-        other => Err(format!(
-            "after installing {pin}, {} reports python-osc {other:?}",
+    let pins: Vec<String> = PYTHON_PINS
+        .iter()
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    eprintln!(
+        "patchbay-tests: installing {} into {}",
+        pins.join(" "),
+        venv.display()
+    );
+    run_setup(
+        Command::new(&py)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
+            .args(&pins),
+    )?;
+    pins_satisfied(&py).map(|()| py.clone()).map_err(|wrong| {
+        format!(
+            "after installing {}, {} reports {wrong}",
+            pins.join(" "),
             py.display()
-        )),
-    }
+        )
+    })
 }
 
 fn run_setup(cmd: &mut Command) -> Result<(), String> {
