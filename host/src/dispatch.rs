@@ -199,6 +199,18 @@ impl Dispatcher {
         });
     }
 
+    /// Counts and logs a peer payload that does not decode (bad json, a refused pickle).
+    pub fn reject_payload(&mut self, origin: &Origin, reason: std::fmt::Arguments<'_>) {
+        self.metrics.decode_errors.increment(1);
+        let name = &self.name;
+        self.bad_input_log.log(|suppressed| {
+            tracing::warn!(
+                channel = %name, sender = %origin.addr, suppressed,
+                "Dropped a payload that does not decode: {reason}. The connection stays open."
+            )
+        });
+    }
+
     /// Counts and logs a datagram larger than the channel's `max_datagram`.
     pub fn reject_oversize(&mut self, origin: &Origin, max: usize) {
         self.metrics.packets_in.increment(1);

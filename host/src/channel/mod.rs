@@ -50,6 +50,11 @@ pub trait Output: Send + Sync {
     fn close(&self, _origin: &Origin) -> bool {
         false
     }
+    /// Whether OSC can go back to `origin` (a peer connection of type json or raw cannot): a
+    /// script's `peer.send_osc` then fails after the output has counted and logged it.
+    fn carries_osc(&self, _origin: &Origin) -> bool {
+        true
+    }
     /// Sends a value (a script's `peer.send(value)`) in the connection's data type. `None` for
     /// channels that carry no values (everything but `peer`): the caller sends text instead.
     fn send_value(

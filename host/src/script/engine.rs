@@ -392,6 +392,13 @@ impl Peer {
             .ok_or_else(|| format!("channel `{}` is gone; cannot answer the peer", self.owner))?;
         if osc {
             output.reply(&self.origin, bytes);
+            if !output.carries_osc(&self.origin) {
+                return Err(format!(
+                    "peer.send_osc: the connection from {} carries values, not OSC (use peer.send)",
+                    self.origin.addr
+                )
+                .into());
+            }
         } else {
             output.reply_raw(&self.origin, bytes);
         }

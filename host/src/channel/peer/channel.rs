@@ -554,6 +554,11 @@ impl Output for PeerOutput {
         self.conn(origin.addr).is_some_and(|c| c.link.close())
     }
 
+    fn carries_osc(&self, origin: &Origin) -> bool {
+        self.conn(origin.addr)
+            .is_some_and(|c| c.data_type == DataType::Bytes)
+    }
+
     fn send_value(&self, origin: &Origin, value: &serde_json::Value) -> Option<Result<(), String>> {
         Some(PeerOutput::send_value(self, origin, value))
     }
@@ -778,7 +783,7 @@ async fn offer(
             Ok(other) => {
                 output.peer.protocol_errors.increment(1);
                 tracing::warn!(channel = %ctx.name, peer = %peer,
-                    "Closed a connection: it sent {other:?} where a HELLO offer belongs.");
+                    "Closed a connection: it sent a {} header where a HELLO offer belongs.", header_name(&other));
                 return;
             }
             Err(e) => {
@@ -841,6 +846,7 @@ async fn offer(
         reason
     };
     let (reason, ()) = tokio::join!(reading, conn.link.writer(&output.shared, session.clone()));
+    count_protocol_error(&output, &reason);
     output.remove(peer);
     output.shared.stream.connections.decrement(1.0);
     conn.link.detach(&output.shared);
@@ -914,8 +920,12 @@ async fn client(
             }
             other => {
                 output.peer.protocol_errors.increment(1);
+                let what = match other {
+                    Ok(header) => format!("a {} header", header_name(&header)),
+                    Err(e) => e.to_string(),
+                };
                 failures.log(|suppressed| tracing::warn!(channel = %ctx.name, peer = %server, suppressed,
-                    "The peer answered our offer with something else than ACCEPT or DENY ({other:?}). Retrying."));
+                    "The peer answered our offer with something else than ACCEPT or DENY ({what}). Retrying."));
                 continue;
             }
         }
@@ -935,6 +945,7 @@ async fn client(
         tracing::info!(channel = %ctx.name, peer = %server, data_type = %conn.data_type, "Connected to the peer.");
         connection_event(&mut inbound, &output, &ctx, &conn);
         let reason = read_data(&stream, &conn, &session, &mut inbound, &output, &ctx).await;
+        count_protocol_error(&output, &reason);
         session.cancel();
         conn.link.detach(&output.shared);
         output.shared.stream.connections.decrement(1.0);
@@ -1037,7 +1048,8 @@ async fn read_data(
                         }
                         other => {
                             return Err(Closed::Protocol(format!(
-                                "a {other:?} header after the handshake"
+                                "a {} header after the handshake",
+                                header_name(&other)
                             )))
                         }
                     }
@@ -1065,6 +1077,24 @@ async fn read_data(
         }
     })
     .await
+}
+
+/// A header's type as it is written on the wire, for logs.
+fn header_name(header: &Header) -> &'static str {
+    match header {
+        Header::Hello(_) => "HELLO",
+        Header::Accept => "ACCEPT",
+        Header::Deny => "DENY",
+        Header::Data(_) => "DATA",
+        Header::Ping => "PING",
+    }
+}
+
+/// Counts a connection that ended on bad input as a protocol error.
+fn count_protocol_error(output: &PeerOutput, reason: &Closed) {
+    if matches!(reason, Closed::Protocol(_) | Closed::Stalled(_)) {
+        output.peer.protocol_errors.increment(1);
+    }
 }
 
 /// Routes one payload: OSC as it is; values as a message at the channel's address, the full
@@ -1100,7 +1130,7 @@ fn deliver(
         }
         Err(e) => {
             output.peer.protocol_errors.increment(1);
-            inbound.reject(
+            inbound.reject_payload(
                 &origin,
                 format_args!(
                     "a {data_type} payload of {} bytes does not decode: {e}",
