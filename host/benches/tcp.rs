@@ -1000,8 +1000,8 @@ fn raise_nofile(want: u64) -> u64 {
     // SAFETY: `lim` is a valid, writable rlimit.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     assert_eq!(rc, 0, "getrlimit: {}", std::io::Error::last_os_error());
-    if lim.rlim_cur as u64 >= want {
-        return lim.rlim_cur as u64;
+    if lim.rlim_cur >= want {
+        return lim.rlim_cur;
     }
     let new = libc::rlimit {
         rlim_cur: (want as libc::rlim_t).min(lim.rlim_max),
@@ -1011,11 +1011,11 @@ fn raise_nofile(want: u64) -> u64 {
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) };
     assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
     assert!(
-        new.rlim_cur as u64 >= want,
+        new.rlim_cur >= want,
         "the hard file limit {} is below the {want} descriptors the idle phase needs",
         lim.rlim_max
     );
-    new.rlim_cur as u64
+    new.rlim_cur
 }
 
 /// The value of `name{channel="CHANNEL"}` in Prometheus text, 0 if absent.
