@@ -70,6 +70,18 @@ pub(crate) struct PortClaim {
 }
 
 impl PortClaim {
+    /// The port `addr` that the entry `node` (at `path`) claims under `key`.
+    fn at(node: &Node, path: &str, key: &str, proto: Proto, addr: SocketAddr) -> PortClaim {
+        let (line, column) = pos(node, key);
+        PortClaim {
+            proto,
+            addr,
+            path: join(path, key),
+            line,
+            column,
+        }
+    }
+
     /// Two binds that cannot both succeed: same protocol and port (port 0 picks a free one), and
     /// the same IP or either one the wildcard address.
     pub fn clashes_with(&self, other: &PortClaim) -> bool {
@@ -129,14 +141,7 @@ fn udp(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<BuiltCh
     }
     let mut claims = Vec::new();
     if let Some(addr) = cfg.listen {
-        let (line, column) = pos(node, "listen");
-        claims.push(PortClaim {
-            proto: Proto::Udp,
-            addr,
-            path: join(path, "listen"),
-            line,
-            column,
-        });
+        claims.push(PortClaim::at(node, path, "listen", Proto::Udp, addr));
     }
     let forwardable = match cfg.send {
         Some(_) => Ok(()),
@@ -228,14 +233,13 @@ fn multicast(node: &Node, path: &str, _name: &str, errs: &mut Errors) -> Option<
         );
         ok = false;
     }
-    let (line, column) = pos(node, "port");
-    let claims = vec![PortClaim {
-        proto: Proto::Udp,
-        addr: std::net::SocketAddr::new(cfg.group.into(), cfg.port),
-        path: join(path, "port"),
-        line,
-        column,
-    }];
+    let claims = vec![PortClaim::at(
+        node,
+        path,
+        "port",
+        Proto::Udp,
+        std::net::SocketAddr::new(cfg.group.into(), cfg.port),
+    )];
     ok.then_some(BuiltChannel {
         kind: ChannelKind::Multicast(cfg),
         claims,
@@ -246,14 +250,7 @@ fn multicast(node: &Node, path: &str, _name: &str, errs: &mut Errors) -> Option<
 fn broadcast(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<BuiltChannel> {
     let cfg = typed::<BroadcastConfig>(node, path, errs)?;
     let ok = check_raw_address(node, path, cfg.format, cfg.raw_address.as_deref(), errs);
-    let (line, column) = pos(node, "listen");
-    let claims = vec![PortClaim {
-        proto: Proto::Udp,
-        addr: cfg.listen,
-        path: join(path, "listen"),
-        line,
-        column,
-    }];
+    let claims = vec![PortClaim::at(node, path, "listen", Proto::Udp, cfg.listen)];
     let forwardable = match cfg.send {
         Some(_) => Ok(()),
         None => Err(format!(
@@ -355,14 +352,7 @@ fn tcp(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<BuiltCh
     }
     let mut claims = Vec::new();
     if let Some(addr) = cfg.listen {
-        let (line, column) = pos(node, "listen");
-        claims.push(PortClaim {
-            proto: Proto::Tcp,
-            addr,
-            path: join(path, "listen"),
-            line,
-            column,
-        });
+        claims.push(PortClaim::at(node, path, "listen", Proto::Tcp, addr));
     }
     ok.then_some(BuiltChannel {
         kind: ChannelKind::Tcp(cfg),
@@ -445,24 +435,10 @@ fn peer(node: &Node, path: &str, name: &str, errs: &mut Errors) -> Option<BuiltC
     }
     let mut claims = Vec::new();
     if let Some(addr) = cfg.listen {
-        let (line, column) = pos(node, "listen");
-        claims.push(PortClaim {
-            proto: Proto::Tcp,
-            addr,
-            path: join(path, "listen"),
-            line,
-            column,
-        });
+        claims.push(PortClaim::at(node, path, "listen", Proto::Tcp, addr));
     }
     if let Some(addr) = cfg.discovery {
-        let (line, column) = pos(node, "discovery");
-        claims.push(PortClaim {
-            proto: Proto::Udp,
-            addr,
-            path: join(path, "discovery"),
-            line,
-            column,
-        });
+        claims.push(PortClaim::at(node, path, "discovery", Proto::Udp, addr));
     }
     ok.then_some(BuiltChannel {
         kind: ChannelKind::Peer(cfg),
