@@ -1221,7 +1221,7 @@ impl Extras {
              the ratios to forward use it. \"Relay thread blocked\" and \"script / plugin thread parked\" \
              are the threads' voluntary context switches over the block (`voluntary_ctxt_switches` in \
              `/proc/self/task/TID/status`, read outside the CPU window), per message: each is a wait \
-             for input that a wake-up ended.\n",
+             that a wake-up ended.\n",
         );
         md.push_str(
             "- **Rhai call cost (issue 5)**: no sockets and no queue: an engine made by \
