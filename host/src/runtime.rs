@@ -126,7 +126,7 @@ impl ChannelOutput {
 
 /// What a reload binds before it commits, so a refused port leaves everything as it was.
 enum Bound {
-    Udp(Arc<tokio::net::UdpSocket>),
+    Udp(Arc<crate::channel::datagram::DatagramSocket>),
     /// None for a client-only channel.
     Tcp(Option<tokio::net::TcpListener>),
     Peer(peer::PeerBound),

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::net::UdpSocket;
 
 use crate::channel::datagram::{
     self, default_max_datagram, default_retry_ms, BindError, DatagramOutput, DatagramSettings,
@@ -85,13 +84,17 @@ impl BroadcastConfig {
         output.set_destination(self.send);
         output.set_settings(self.settings(channel));
         if let Some(socket) = output.socket() {
-            datagram::set_buffers(&SockRef::from(&*socket), self.recv_buffer, self.send_buffer)?;
+            datagram::set_buffers(
+                &SockRef::from(socket.get_ref()),
+                self.recv_buffer,
+                self.send_buffer,
+            )?;
         }
         Ok(())
     }
 }
 
-pub fn bind(config: &BroadcastConfig) -> io::Result<UdpSocket> {
+pub fn bind(config: &BroadcastConfig) -> io::Result<datagram::DatagramSocket> {
     let socket = Socket::new(
         Domain::for_address(config.listen),
         Type::DGRAM,
@@ -105,7 +108,7 @@ pub fn bind(config: &BroadcastConfig) -> io::Result<UdpSocket> {
     )?;
     socket.set_nonblocking(true)?;
     socket.bind(&config.listen.into())?;
-    UdpSocket::from_std(socket.into())
+    datagram::register(socket)
 }
 
 /// This machine's addresses: where our own broadcasts appear to come from.

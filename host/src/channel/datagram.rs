@@ -10,7 +10,8 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use patchbay_plugin_api::osc::{ArgRef, PacketRef};
 use serde::{Deserialize, Serialize};
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use crate::channel::{ChannelContext, ChannelStatus, Origin, Output};
 use crate::config::NetRange;
@@ -35,6 +36,34 @@ pub fn default_max_datagram() -> usize {
 
 pub fn default_retry_ms() -> u64 {
     1_000
+}
+
+/// A bound datagram socket, registered with the runtime for reading only. Sends are plain
+/// non-blocking system calls from whichever thread routes (scripts and plugins have their own):
+/// a socket also registered for writing would wake the runtime's thread every time its buffer
+/// became writable again after such a send, for nothing, once per message.
+pub type DatagramSocket = AsyncFd<std::net::UdpSocket>;
+
+/// Registers a bound socket (made non-blocking here) for reading.
+pub fn register(socket: socket2::Socket) -> io::Result<DatagramSocket> {
+    socket.set_nonblocking(true)?;
+    // SAFETY: the std socket owns a valid descriptor, and nothing replaces or closes it while the
+    // AsyncFd owns the socket (it is dropped with it).
+    let registered = unsafe {
+        AsyncFd::register_with_interest(std::net::UdpSocket::from(socket), Interest::READABLE)
+    };
+    Ok(registered?)
+}
+
+/// Receives one datagram.
+async fn recv_from(socket: &DatagramSocket, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    loop {
+        let mut ready = socket.readable().await?;
+        match ready.try_io(|inner| inner.get_ref().recv_from(buffer)) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
 }
 
 /// The last datagrams a channel sent, so a copy that comes back to us (multicast loop, broadcast to
@@ -82,7 +111,7 @@ fn fingerprint(bytes: &[u8]) -> u64 {
 /// appears once `run` has bound it; the destination can change while the show runs.
 pub struct DatagramOutput {
     name: Arc<str>,
-    socket: ArcSwapOption<UdpSocket>,
+    socket: ArcSwapOption<DatagramSocket>,
     destination: ArcSwapOption<SocketAddr>,
     /// `format: raw`, read on every send.
     raw: AtomicBool,
@@ -125,12 +154,12 @@ impl DatagramOutput {
         self.destination.load().as_deref().copied()
     }
 
-    pub fn set_socket(&self, socket: Option<Arc<UdpSocket>>) {
+    pub fn set_socket(&self, socket: Option<Arc<DatagramSocket>>) {
         self.socket.store(socket);
     }
 
     /// The bound socket, for settings that change in place (buffer sizes, multicast options).
-    pub fn socket(&self) -> Option<Arc<UdpSocket>> {
+    pub fn socket(&self) -> Option<Arc<DatagramSocket>> {
         self.socket.load_full()
     }
 
@@ -141,7 +170,7 @@ impl DatagramOutput {
         interface: std::net::Ipv4Addr,
     ) -> io::Result<()> {
         match self.socket() {
-            Some(socket) => socket.join_multicast_v4(group, interface),
+            Some(socket) => socket.get_ref().join_multicast_v4(&group, &interface),
             None => Ok(()),
         }
     }
@@ -152,7 +181,7 @@ impl DatagramOutput {
         interface: std::net::Ipv4Addr,
     ) -> io::Result<()> {
         match self.socket() {
-            Some(socket) => socket.leave_multicast_v4(group, interface),
+            Some(socket) => socket.get_ref().leave_multicast_v4(&group, &interface),
             None => Ok(()),
         }
     }
@@ -197,15 +226,7 @@ impl DatagramOutput {
         if let Some(own) = &self.own {
             own.remember(bytes);
         }
-        // tokio answers WouldBlock without a system call until its reactor has seen the socket
-        // writable once, so a socket bound a moment ago would refuse the first packets; one
-        // direct non-blocking send tells a really full buffer from that.
-        let sent = match socket.try_send_to(bytes, to) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                socket2::SockRef::from(&**socket).send_to(bytes, &to.into())
-            }
-            other => other,
-        };
+        let sent = socket.get_ref().send_to(bytes, to);
         match sent {
             Ok(_) => {
                 self.metrics.packets_out.increment(1);
@@ -318,7 +339,7 @@ impl DatagramSettings {
 /// How a channel gets its socket: bound already (a reload binds before it commits, so it can roll
 /// back), or bound here with retries (at start a taken port must not stop the show).
 pub enum Startup {
-    Bound(Arc<UdpSocket>),
+    Bound(Arc<DatagramSocket>),
     Retry { strict: bool },
 }
 
@@ -410,7 +431,7 @@ pub struct BindError {
 #[allow(clippy::too_many_arguments)]
 pub async fn serve(
     startup: Startup,
-    bind: impl FnMut() -> io::Result<UdpSocket>,
+    bind: impl FnMut() -> io::Result<DatagramSocket>,
     what: SocketAddr,
     retry_ms: u64,
     output: &DatagramOutput,
@@ -429,7 +450,7 @@ pub async fn serve(
             }
         }
     };
-    let local = socket.local_addr().ok();
+    let local = socket.get_ref().local_addr().ok();
     output.set_socket(Some(socket.clone()));
     ctx.metrics.up.set(1.0);
     if status.listen.is_some_and(|l| l.port() == 0) {
@@ -447,7 +468,7 @@ pub async fn serve(
         loop {
             // One byte more than the limit tells an oversize datagram from one that fits exactly.
             buffer.resize(output.max_datagram.load(Ordering::Relaxed) + 1, 0);
-            let (len, from) = match socket.recv_from(&mut buffer).await {
+            let (len, from) = match recv_from(&socket, &mut buffer).await {
                 Ok(received) => received,
                 Err(e) => {
                     // Transient (e.g. an ICMP report on some systems): keep serving.

@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::net::UdpSocket;
 
 use crate::channel::datagram::{
     self, default_max_datagram, default_retry_ms, BindError, DatagramOutput, DatagramSettings,
@@ -113,7 +112,7 @@ impl MulticastConfig {
         output: &DatagramOutput,
     ) -> io::Result<()> {
         if let Some(socket) = output.socket() {
-            let socket = SockRef::from(&*socket);
+            let socket = SockRef::from(socket.get_ref());
             if old.group != self.group {
                 // Leaving can only fail if we were not a member; the new membership is what counts.
                 let _ = socket.leave_multicast_v4(&old.group, &old.interface);
@@ -133,7 +132,7 @@ impl MulticastConfig {
 }
 
 /// Binds the group's port, joins the group on the interface, and pins sending to that interface.
-pub fn bind(config: &MulticastConfig) -> io::Result<UdpSocket> {
+pub fn bind(config: &MulticastConfig) -> io::Result<datagram::DatagramSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     datagram::set_buffers(
@@ -146,8 +145,7 @@ pub fn bind(config: &MulticastConfig) -> io::Result<UdpSocket> {
     socket.set_multicast_if_v4(&config.interface)?;
     socket.set_multicast_ttl_v4(config.ttl)?;
     socket.set_multicast_loop_v4(config.multicast_loop)?;
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket.into())
+    datagram::register(socket)
 }
 
 pub async fn run(

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::net::UdpSocket;
 
 use crate::channel::datagram::{
     self, default_max_datagram, default_retry_ms, BindError, DatagramOutput, DatagramSettings,
@@ -96,14 +95,18 @@ impl UdpConfig {
         output.set_destination(self.send);
         output.set_settings(self.settings(channel));
         if let Some(socket) = output.socket() {
-            datagram::set_buffers(&SockRef::from(&*socket), self.recv_buffer, self.send_buffer)?;
+            datagram::set_buffers(
+                &SockRef::from(socket.get_ref()),
+                self.recv_buffer,
+                self.send_buffer,
+            )?;
         }
         Ok(())
     }
 }
 
 /// Binds without SO_REUSEPORT, with the configured buffer sizes.
-pub fn bind(config: &UdpConfig) -> io::Result<UdpSocket> {
+pub fn bind(config: &UdpConfig) -> io::Result<datagram::DatagramSocket> {
     let addr = config.bind_address();
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     datagram::set_buffers(
@@ -113,7 +116,7 @@ pub fn bind(config: &UdpConfig) -> io::Result<UdpSocket> {
     )?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    datagram::register(socket)
 }
 
 /// Receives until cancelled.
