@@ -84,11 +84,7 @@ impl BroadcastConfig {
         output.set_destination(self.send);
         output.set_settings(self.settings(channel));
         if let Some(socket) = output.socket() {
-            datagram::set_buffers(
-                &SockRef::from(socket.get_ref()),
-                self.recv_buffer,
-                self.send_buffer,
-            )?;
+            datagram::set_buffers(&socket.sock_ref(), self.recv_buffer, self.send_buffer)?;
         }
         Ok(())
     }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use patchbay_plugin_api::osc::{ArgRef, PacketRef};
 use serde::{Deserialize, Serialize};
+#[cfg(unix)]
 use tokio::io::unix::AsyncFd;
+#[cfg(unix)]
 use tokio::io::Interest;
 
 use crate::channel::{ChannelContext, ChannelStatus, Origin, Output};
@@ -41,29 +43,79 @@ pub fn default_retry_ms() -> u64 {
 /// A bound datagram socket, registered with the runtime for reading only. Sends are plain
 /// non-blocking system calls from whichever thread routes (scripts and plugins have their own):
 /// a socket also registered for writing would wake the runtime's thread every time its buffer
-/// became writable again after such a send, for nothing, once per message.
-pub type DatagramSocket = AsyncFd<std::net::UdpSocket>;
-
-/// Registers a bound socket (made non-blocking here) for reading.
-pub fn register(socket: socket2::Socket) -> io::Result<DatagramSocket> {
-    socket.set_nonblocking(true)?;
-    // SAFETY: the std socket owns a valid descriptor, and nothing replaces or closes it while the
-    // AsyncFd owns the socket (it is dropped with it).
-    let registered = unsafe {
-        AsyncFd::register_with_interest(std::net::UdpSocket::from(socket), Interest::READABLE)
-    };
-    Ok(registered?)
+/// became writable again after such a send, for nothing, once per message. (Elsewhere than Unix,
+/// where tokio has no `AsyncFd`, it is tokio's own socket.)
+pub struct DatagramSocket {
+    #[cfg(unix)]
+    inner: AsyncFd<std::net::UdpSocket>,
+    #[cfg(not(unix))]
+    inner: tokio::net::UdpSocket,
 }
 
-/// Receives one datagram.
-async fn recv_from(socket: &DatagramSocket, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-    loop {
-        let mut ready = socket.readable().await?;
-        match ready.try_io(|inner| inner.get_ref().recv_from(buffer)) {
-            Ok(result) => return result,
-            Err(_would_block) => continue,
+impl DatagramSocket {
+    /// Registers a bound socket (made non-blocking here).
+    pub fn register(socket: socket2::Socket) -> io::Result<DatagramSocket> {
+        socket.set_nonblocking(true)?;
+        #[cfg(unix)]
+        {
+            // SAFETY: the std socket owns a valid descriptor, and nothing replaces or closes it
+            // while the AsyncFd owns the socket (it is dropped with it).
+            let registered = unsafe {
+                AsyncFd::register_with_interest(
+                    std::net::UdpSocket::from(socket),
+                    Interest::READABLE,
+                )
+            };
+            Ok(DatagramSocket { inner: registered? })
+        }
+        #[cfg(not(unix))]
+        {
+            let inner = tokio::net::UdpSocket::from_std(socket.into())?;
+            Ok(DatagramSocket { inner })
         }
     }
+
+    /// Receives one datagram.
+    pub async fn recv_from(&self, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        #[cfg(unix)]
+        loop {
+            let mut ready = self.inner.readable().await?;
+            match ready.try_io(|inner| inner.get_ref().recv_from(buffer)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+        #[cfg(not(unix))]
+        self.inner.recv_from(buffer).await
+    }
+
+    /// Sends without waiting: `WouldBlock` when the socket's buffer is full.
+    pub fn try_send_to(&self, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
+        #[cfg(unix)]
+        return self.inner.get_ref().send_to(bytes, to);
+        #[cfg(not(unix))]
+        return self.inner.try_send_to(bytes, to);
+    }
+
+    /// For socket options (buffer sizes, multicast settings, membership).
+    pub fn sock_ref(&self) -> socket2::SockRef<'_> {
+        #[cfg(unix)]
+        return socket2::SockRef::from(self.inner.get_ref());
+        #[cfg(not(unix))]
+        return socket2::SockRef::from(&self.inner);
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock_ref()
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+}
+
+/// Registers a bound socket for reading (see [`DatagramSocket`]).
+pub fn register(socket: socket2::Socket) -> io::Result<DatagramSocket> {
+    DatagramSocket::register(socket)
 }
 
 /// The last datagrams a channel sent, so a copy that comes back to us (multicast loop, broadcast to
@@ -170,7 +222,7 @@ impl DatagramOutput {
         interface: std::net::Ipv4Addr,
     ) -> io::Result<()> {
         match self.socket() {
-            Some(socket) => socket.get_ref().join_multicast_v4(&group, &interface),
+            Some(socket) => socket.sock_ref().join_multicast_v4(&group, &interface),
             None => Ok(()),
         }
     }
@@ -181,7 +233,7 @@ impl DatagramOutput {
         interface: std::net::Ipv4Addr,
     ) -> io::Result<()> {
         match self.socket() {
-            Some(socket) => socket.get_ref().leave_multicast_v4(&group, &interface),
+            Some(socket) => socket.sock_ref().leave_multicast_v4(&group, &interface),
             None => Ok(()),
         }
     }
@@ -226,7 +278,7 @@ impl DatagramOutput {
         if let Some(own) = &self.own {
             own.remember(bytes);
         }
-        let sent = socket.get_ref().send_to(bytes, to);
+        let sent = socket.try_send_to(bytes, to);
         match sent {
             Ok(_) => {
                 self.metrics.packets_out.increment(1);
@@ -450,7 +502,7 @@ pub async fn serve(
             }
         }
     };
-    let local = socket.get_ref().local_addr().ok();
+    let local = socket.local_addr().ok();
     output.set_socket(Some(socket.clone()));
     ctx.metrics.up.set(1.0);
     if status.listen.is_some_and(|l| l.port() == 0) {
@@ -468,7 +520,7 @@ pub async fn serve(
         loop {
             // One byte more than the limit tells an oversize datagram from one that fits exactly.
             buffer.resize(output.max_datagram.load(Ordering::Relaxed) + 1, 0);
-            let (len, from) = match recv_from(&socket, &mut buffer).await {
+            let (len, from) = match socket.recv_from(&mut buffer).await {
                 Ok(received) => received,
                 Err(e) => {
                     // Transient (e.g. an ICMP report on some systems): keep serving.

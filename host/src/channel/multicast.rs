@@ -112,7 +112,7 @@ impl MulticastConfig {
         output: &DatagramOutput,
     ) -> io::Result<()> {
         if let Some(socket) = output.socket() {
-            let socket = SockRef::from(socket.get_ref());
+            let socket = socket.sock_ref();
             if old.group != self.group {
                 // Leaving can only fail if we were not a member; the new membership is what counts.
                 let _ = socket.leave_multicast_v4(&old.group, &old.interface);

@@ -95,11 +95,7 @@ impl UdpConfig {
         output.set_destination(self.send);
         output.set_settings(self.settings(channel));
         if let Some(socket) = output.socket() {
-            datagram::set_buffers(
-                &SockRef::from(socket.get_ref()),
-                self.recv_buffer,
-                self.send_buffer,
-            )?;
+            datagram::set_buffers(&socket.sock_ref(), self.recv_buffer, self.send_buffer)?;
         }
         Ok(())
     }
