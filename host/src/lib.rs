@@ -1,21 +1,29 @@
 //! # patchbay
 //!
 //! A show-control host: OSC arrives on channels, is matched against routes, and leaves on other
-//! channels, rewritten, answered, or (later) handed to scripts and plugins.
+//! channels, rewritten or answered, or is handed to Rhai scripts and compiled plugins.
 //!
 //! # Layout
 //!
 //! - [`config`]: YAML in two stages, raw serde structs then a validated [`config::Plan`]; every error
 //!   with file, YAML path and line:column.
-//! - [`channel`]: one module per transport (`udp` ...), each a config struct, an output handle and an
-//!   async `run` that receives and hands datagrams to the dispatcher.
+//! - [`channel`]: one module per transport, each a config struct, an output handle and an async `run`
+//!   that hands what arrives to the dispatcher: `udp`, `multicast`, `broadcast` (sharing `datagram`),
+//!   `tcp` (its cuts of a byte stream in `framing`) and `peer` (peerpy's protocol), the two
+//!   connection kinds sharing `stream` (connection links, queues, the read loop).
 //! - [`dispatch`]: decode -> route table -> targets, shared by every transport; the switchboard (table +
 //!   outputs) is swapped atomically.
 //! - [`route`]: the route table; pure code (no sockets, no clock).
+//! - [`scheduler`]: holds time-tagged bundle elements until they are due.
+//! - [`script`]: Rhai scripts on their own threads, fed by bounded queues, with limits and hot reload.
+//! - [`plugin`]: compiled plugins loaded from private copies, each route target an instance on its
+//!   own thread behind the C ABI of `patchbay-plugin-api`.
+//! - [`reload`] and [`watch`]: what an edited config changes, and noticing the edit (and script and
+//!   plugin files).
 //! - [`metrics`]: metric names and handles, and the Prometheus scrape endpoint.
 //! - [`ready`]: the ready line and ready file.
-//! - [`runtime`]: building the host from a plan, running it until shutdown.
-//! - [`tools`]: `patchbay send` and `patchbay dump`.
+//! - [`runtime`]: building the host from a plan, applying edits, running it until shutdown.
+//! - [`tools`]: `patchbay send`, `patchbay dump` and `patchbay peers`.
 //!
 //! The OSC vocabulary (types, codec, address patterns) lives in `patchbay-plugin-api`, shared with
 //! plugin authors.
@@ -23,10 +31,12 @@
 //! # Data flow
 //!
 //! ```text
-//! socket -> channel::udp::run -> dispatch::Dispatcher::datagram (decode, zero-copy)
+//! socket -> channel run (datagram receive, or a connection's read loop + framing / peer headers)
+//!        -> dispatch::Dispatcher (decode, zero-copy)
 //!        -> route::RouteTable::find (literal hash, then precompiled patterns, in file order)
-//!        -> targets: forward (original bytes, or re-addressed) / reply
-//!        -> channel Output::send (direct non-blocking socket write, no queue hop) -> socket
+//!        -> targets: forward (original bytes, or re-addressed) / reply / script queue / plugin queue
+//!        -> channel Output::send / reply (a direct non-blocking write; a stream connection queues
+//!           only what its socket cannot take at once) -> socket
 //! ```
 
 pub mod channel;
