@@ -62,6 +62,10 @@ use patchbay::RunOptions;
 use patchbay_plugin_api::osc::{DecodeLimits, PacketRef};
 use tokio_util::sync::CancellationToken;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
 #[path = "forward/extra.rs"]
 mod extra;
 
@@ -236,32 +240,9 @@ fn main() {
     }
 }
 
-/// On a shared machine (developers' builds, CI), waits up to `patience` for a second in which other
-/// processes use less than a fifth of a core, so a run is not measured during someone's compile.
-/// Runs start anyway when it never comes; the neighbours column shows what they ran beside.
-fn wait_for_quiet(patience: Duration) {
-    let deadline = Instant::now() + patience;
-    loop {
-        let neighbours = Neighbours::start();
-        thread::sleep(Duration::from_secs(1));
-        let busy = neighbours.cores();
-        if busy < 0.2 || Instant::now() >= deadline {
-            return;
-        }
-        eprintln!("  waiting for a quiet machine (others use {busy:.2} cores) ...");
-    }
-}
-
 /// Everything from this line on in the results file is kept when the benchmark rewrites the file.
 const NOTES_MARKER: &str =
     "<!-- Hand-written notes below this line are kept when the benchmark rewrites this file. -->";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ is inside the workspace")
-        .to_path_buf()
-}
 
 // ---------------------------------------------------------------------------------------------------
 // (a) and (b): the relays
@@ -312,57 +293,6 @@ async fn probe_task(mut requests: tokio::sync::mpsc::UnboundedReceiver<mpsc::Sen
     }
 }
 
-/// Where the threads run. The relay gets a core to itself; the sender and the sink share another.
-/// Left to the scheduler, the three threads land differently from run to run, and where the loopback
-/// deliveries and wake-ups happen changed the relay's CPU time per message by up to 2x between runs.
-#[derive(Debug, Clone, Copy)]
-struct Placement {
-    relay: Option<usize>,
-    load: Option<usize>,
-}
-
-impl Placement {
-    /// The first allowed CPU for the load, the last for the relay; no pinning with a single CPU.
-    fn detect() -> Placement {
-        // SAFETY: a zeroed cpu_set_t is a valid empty set; pid 0 is the calling thread.
-        let allowed: Vec<usize> = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-                return Placement {
-                    relay: None,
-                    load: None,
-                };
-            }
-            (0..libc::CPU_SETSIZE as usize)
-                .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-                .collect()
-        };
-        match (allowed.first(), allowed.last()) {
-            (Some(&load), Some(&relay)) if load != relay => Placement {
-                relay: Some(relay),
-                load: Some(load),
-            },
-            _ => Placement {
-                relay: None,
-                load: None,
-            },
-        }
-    }
-}
-
-/// Pins the calling thread to `cpu` (threads it spawns inherit it). Best effort: the figures are still
-/// valid unpinned, only noisier.
-fn pin_current_thread(cpu: Option<usize>) {
-    let Some(cpu) = cpu else { return };
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays in bounds (cpu < CPU_SETSIZE, it
-    // came from sched_getaffinity); pid 0 is the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 /// The raw relay's listening socket, made as patchbay's udp channel makes it (socket2, non-blocking,
 /// no SO_REUSEPORT) with the same receive buffer as the patchbay config.
 fn bind_relay_input() -> tokio::net::UdpSocket {
@@ -376,13 +306,6 @@ fn bind_relay_input() -> tokio::net::UdpSocket {
         .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
         .expect("bind relay input");
     tokio::net::UdpSocket::from_std(socket.into()).expect("tokio socket")
-}
-
-fn current_thread_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }
 
 /// (a) The floor: bytes in, bytes out, nothing parsed, no routing, no metrics.
@@ -950,82 +873,6 @@ fn paced(sink: &Sink, sender: &StdUdpSocket, to: SocketAddr, rate: u64, secs: u6
     }
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec and the clock id is one Linux always supports.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// CPU time (user + system) of the calling thread.
-fn thread_cpu_ns() -> u64 {
-    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-fn process_cpu_ns() -> u64 {
-    clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
-}
-
-/// How much CPU the rest of the machine used over a phase: all CPUs' busy time (`/proc/stat`) minus
-/// this process's CPU time.
-struct Neighbours {
-    wall: Instant,
-    machine_ns: u64,
-    process_ns: u64,
-}
-
-impl Neighbours {
-    fn start() -> Neighbours {
-        Neighbours {
-            wall: Instant::now(),
-            machine_ns: machine_busy_ns(),
-            process_ns: process_cpu_ns(),
-        }
-    }
-
-    /// Average number of cores other processes kept busy since `start` (0 if `/proc/stat` is missing).
-    fn cores(&self) -> f64 {
-        let machine = machine_busy_ns().saturating_sub(self.machine_ns) as f64;
-        let ours = (process_cpu_ns() - self.process_ns) as f64;
-        ((machine - ours) / self.wall.elapsed().as_nanos() as f64).max(0.0)
-    }
-}
-
-/// Busy time of all CPUs since boot (user, nice, system, irq, softirq, steal), in ns.
-fn machine_busy_ns() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0;
-    };
-    let Some(line) = stat.lines().next() else {
-        return 0;
-    };
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|t| t.parse().unwrap_or(0))
-        .collect();
-    let busy: u64 = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|&i| ticks.get(i))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    busy * (1_000_000_000 / hz)
-}
-
 // ---------------------------------------------------------------------------------------------------
 // (c): the route table and the dispatch path without I/O
 
@@ -1206,18 +1053,6 @@ fn time_per_op(batch: Duration, mut op: impl FnMut()) -> f64 {
 
 // ---------------------------------------------------------------------------------------------------
 // The report
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
 
 struct Summary {
     msgs_per_sec: f64,
@@ -1559,55 +1394,5 @@ impl Report<'_> {
         );
         md.push_str(&self.extras.method(p, self.extra_params));
         md
-    }
-}
-
-struct Machine {
-    cpu: String,
-    cores: usize,
-    kernel: String,
-    rustc: String,
-    commit: String,
-}
-
-impl Machine {
-    fn detect() -> Machine {
-        let run = |program: &str, args: &[&str]| -> Option<String> {
-            let out = Command::new(program).args(args).output().ok()?;
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        };
-        let cpu = run("lscpu", &[])
-            .and_then(|text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("Model name:").map(|m| m.trim().to_string()))
-            })
-            .unwrap_or_else(|| "unknown".into());
-        Machine {
-            cpu,
-            cores: thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| format!("Linux {}", s.trim()))
-                .unwrap_or_else(|_| "unknown".into()),
-            rustc: run(
-                &std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()),
-                &["--version"],
-            )
-            .unwrap_or_else(|| "rustc unknown".into()),
-            commit: run(
-                "git",
-                &[
-                    "-C",
-                    &workspace_root().to_string_lossy(),
-                    "describe",
-                    "--always",
-                    "--dirty",
-                ],
-            )
-            .unwrap_or_else(|| "unknown".into()),
-        }
     }
 }

@@ -37,7 +37,6 @@ use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -46,6 +45,10 @@ use std::time::{Duration, Instant};
 use patchbay::RunOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
 
 /// `/bench/3/level ,ifh 3 0.75 <seq>`: 40 bytes (the forward benchmark's message), 44 framed.
 const TRAFFIC_ADDRESS: &str = "/bench/3/level";
@@ -198,132 +201,8 @@ fn replace_section(old: &str, section: &str) -> String {
     text
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ is inside the workspace")
-        .to_path_buf()
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Threads, clocks, placement (as in benches/forward.rs)
-
-#[derive(Debug, Clone, Copy)]
-struct Placement {
-    relay: Option<usize>,
-    load: Option<usize>,
-}
-
-impl Placement {
-    /// The first allowed CPU for the sender and sink, the last for the relay; none with one CPU.
-    fn detect() -> Placement {
-        // SAFETY: a zeroed cpu_set_t is a valid empty set; pid 0 is the calling thread.
-        let allowed: Vec<usize> = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-                return Placement {
-                    relay: None,
-                    load: None,
-                };
-            }
-            (0..libc::CPU_SETSIZE as usize)
-                .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-                .collect()
-        };
-        match (allowed.first(), allowed.last()) {
-            (Some(&load), Some(&relay)) if load != relay => Placement {
-                relay: Some(relay),
-                load: Some(load),
-            },
-            _ => Placement {
-                relay: None,
-                load: None,
-            },
-        }
-    }
-}
-
-/// Pins the calling thread to `cpu` (threads it spawns inherit it). Best effort.
-fn pin_current_thread(cpu: Option<usize>) {
-    let Some(cpu) = cpu else { return };
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; `cpu` came from sched_getaffinity, so it is
-    // below CPU_SETSIZE; pid 0 is the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec and the clock id is one Linux always supports.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn thread_cpu_ns() -> u64 {
-    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-fn process_cpu_ns() -> u64 {
-    clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
-}
-
-/// CPU other processes used since `start`, in cores (`/proc/stat` busy time minus ours).
-struct Neighbours {
-    wall: Instant,
-    machine_ns: u64,
-    process_ns: u64,
-}
-
-impl Neighbours {
-    fn start() -> Neighbours {
-        Neighbours {
-            wall: Instant::now(),
-            machine_ns: machine_busy_ns(),
-            process_ns: process_cpu_ns(),
-        }
-    }
-
-    fn cores(&self) -> f64 {
-        let machine = machine_busy_ns().saturating_sub(self.machine_ns) as f64;
-        let ours = (process_cpu_ns() - self.process_ns) as f64;
-        ((machine - ours) / self.wall.elapsed().as_nanos() as f64).max(0.0)
-    }
-}
-
-fn machine_busy_ns() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0;
-    };
-    let Some(line) = stat.lines().next() else {
-        return 0;
-    };
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|t| t.parse().unwrap_or(0))
-        .collect();
-    let busy: u64 = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|&i| ticks.get(i))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    busy * (1_000_000_000 / hz)
-}
-
-fn current_thread_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 async fn probe_task(mut requests: tokio::sync::mpsc::UnboundedReceiver<mpsc::Sender<u64>>) {
     while let Some(reply) = requests.recv().await {
@@ -774,14 +653,6 @@ fn paced(sink: &SinkConn, sender: &mut TcpStream, rate: u64, secs: u64) -> Laten
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 // ---------------------------------------------------------------------------------------------------
 // One run
 
@@ -1125,18 +996,6 @@ fn wait_for_metric_exact(
 // ---------------------------------------------------------------------------------------------------
 // The report
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 struct Summary {
     msgs_per_sec: f64,
     loss: u64,
@@ -1405,55 +1264,5 @@ impl Report<'_> {
         );
         md.push_str("- Timings are reported, never asserted.\n");
         md
-    }
-}
-
-struct Machine {
-    cpu: String,
-    cores: usize,
-    kernel: String,
-    rustc: String,
-    commit: String,
-}
-
-impl Machine {
-    fn detect() -> Machine {
-        let run = |program: &str, args: &[&str]| -> Option<String> {
-            let out = Command::new(program).args(args).output().ok()?;
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        };
-        let cpu = run("lscpu", &[])
-            .and_then(|text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("Model name:").map(|m| m.trim().to_string()))
-            })
-            .unwrap_or_else(|| "unknown".into());
-        Machine {
-            cpu,
-            cores: thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| format!("Linux {}", s.trim()))
-                .unwrap_or_else(|_| "unknown".into()),
-            rustc: run(
-                &std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()),
-                &["--version"],
-            )
-            .unwrap_or_else(|| "rustc unknown".into()),
-            commit: run(
-                "git",
-                &[
-                    "-C",
-                    &workspace_root().to_string_lossy(),
-                    "describe",
-                    "--always",
-                    "--dirty",
-                ],
-            )
-            .unwrap_or_else(|| "unknown".into()),
-        }
     }
 }

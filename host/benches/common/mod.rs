@@ -1,0 +1,229 @@
+//! What the benchmarks share: placing threads, reading CPU clocks, how busy the neighbours were,
+//! and small statistics. Included by `forward.rs` and `tcp.rs` with `#[path]` (not a bench target of
+//! its own).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Pins the calling thread to `cpu` (threads it spawns inherit it). Best effort: the figures are still
+/// valid unpinned, only noisier.
+pub fn pin_current_thread(cpu: Option<usize>) {
+    let Some(cpu) = cpu else { return };
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays in bounds (cpu < CPU_SETSIZE, it
+    // came from sched_getaffinity); pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ is inside the workspace")
+        .to_path_buf()
+}
+
+pub fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and the clock id is one Linux always supports.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime failed");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CPU time (user + system) of the calling thread.
+pub fn thread_cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+pub fn process_cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// How much CPU the rest of the machine used over a phase: all CPUs' busy time (`/proc/stat`) minus
+/// this process's CPU time.
+pub struct Neighbours {
+    wall: Instant,
+    machine_ns: u64,
+    process_ns: u64,
+}
+
+impl Neighbours {
+    pub fn start() -> Neighbours {
+        Neighbours {
+            wall: Instant::now(),
+            machine_ns: machine_busy_ns(),
+            process_ns: process_cpu_ns(),
+        }
+    }
+
+    /// Average number of cores other processes kept busy since `start` (0 if `/proc/stat` is missing).
+    pub fn cores(&self) -> f64 {
+        let machine = machine_busy_ns().saturating_sub(self.machine_ns) as f64;
+        let ours = (process_cpu_ns() - self.process_ns) as f64;
+        ((machine - ours) / self.wall.elapsed().as_nanos() as f64).max(0.0)
+    }
+}
+
+/// Busy time of all CPUs since boot (user, nice, system, irq, softirq, steal), in ns.
+pub fn machine_busy_ns() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    let Some(line) = stat.lines().next() else {
+        return 0;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0))
+        .collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    busy * (1_000_000_000 / hz)
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub kernel: String,
+    pub rustc: String,
+    pub commit: String,
+}
+
+impl Machine {
+    pub fn detect() -> Machine {
+        let run = |program: &str, args: &[&str]| -> Option<String> {
+            let out = Command::new(program).args(args).output().ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        let cpu = run("lscpu", &[])
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("Model name:").map(|m| m.trim().to_string()))
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Machine {
+            cpu,
+            cores: thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| format!("Linux {}", s.trim()))
+                .unwrap_or_else(|_| "unknown".into()),
+            rustc: run(
+                &std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()),
+                &["--version"],
+            )
+            .unwrap_or_else(|| "rustc unknown".into()),
+            commit: run(
+                "git",
+                &[
+                    "-C",
+                    &workspace_root().to_string_lossy(),
+                    "describe",
+                    "--always",
+                    "--dirty",
+                ],
+            )
+            .unwrap_or_else(|| "unknown".into()),
+        }
+    }
+}
+
+/// Where the threads run. The relay gets a core to itself; the sender and the sink share another.
+/// Left to the scheduler, the three threads land differently from run to run, and where the loopback
+/// deliveries and wake-ups happen changed the relay's CPU time per message by up to 2x between runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    pub relay: Option<usize>,
+    pub load: Option<usize>,
+}
+
+impl Placement {
+    /// The first allowed CPU for the load, the last for the relay; no pinning with a single CPU.
+    pub fn detect() -> Placement {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; pid 0 is the calling thread.
+        let allowed: Vec<usize> = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                return Placement {
+                    relay: None,
+                    load: None,
+                };
+            }
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+                .collect()
+        };
+        match (allowed.first(), allowed.last()) {
+            (Some(&load), Some(&relay)) if load != relay => Placement {
+                relay: Some(relay),
+                load: Some(load),
+            },
+            _ => Placement {
+                relay: None,
+                load: None,
+            },
+        }
+    }
+}
+
+/// On a shared machine (developers' builds, CI), waits up to `patience` for a second in which other
+/// processes use less than a fifth of a core, so a run is not measured during someone's compile.
+/// Runs start anyway when it never comes; the neighbours column shows what they ran beside.
+pub fn wait_for_quiet(patience: Duration) {
+    let deadline = Instant::now() + patience;
+    loop {
+        let neighbours = Neighbours::start();
+        thread::sleep(Duration::from_secs(1));
+        let busy = neighbours.cores();
+        if busy < 0.2 || Instant::now() >= deadline {
+            return;
+        }
+        eprintln!("  waiting for a quiet machine (others use {busy:.2} cores) ...");
+    }
+}
