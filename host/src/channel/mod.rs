@@ -55,6 +55,11 @@ pub trait Output: Send + Sync {
     fn carries_osc(&self, _origin: &Origin) -> bool {
         true
     }
+    /// Whether [`Output::send_value`] means anything here (peer channels): asked first, so the
+    /// other channels' `peer.send` does not convert its value for nothing.
+    fn carries_values(&self) -> bool {
+        false
+    }
     /// Sends a value (a script's `peer.send(value)`) in the connection's data type. `None` for
     /// channels that carry no values (everything but `peer`): the caller sends text instead.
     fn send_value(

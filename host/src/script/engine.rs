@@ -409,7 +409,9 @@ impl Peer {
     /// channels that carry no values (the TouchDesigner form, strings as text, applies there).
     fn send_value(&self, value: &Dynamic) -> Option<RhaiResult<INT>> {
         let board = self.board.load();
-        let output = board.output(self.origin.channel)?;
+        let output = board
+            .output(self.origin.channel)
+            .filter(|o| o.carries_values())?;
         let json: serde_json::Value = match rhai::serde::from_dynamic(value) {
             Ok(json) => json,
             Err(e) => {
@@ -423,6 +425,14 @@ impl Peer {
             sent.map(|()| 1)
                 .map_err(|e| format!("peer.send to {}: {e}", self.origin.addr).into()),
         )
+    }
+
+    /// Whether the message's channel takes values (`peer.send(value)`) rather than text.
+    fn carries_values(&self) -> bool {
+        self.board
+            .load()
+            .output(self.origin.channel)
+            .is_some_and(|o| o.carries_values())
     }
 
     fn send_osc_messages(
@@ -734,8 +744,11 @@ pub fn build(ctx: &ScriptContext) -> Engine {
         )
     });
     engine.register_fn("send", |p: &mut Peer, strings: Array| {
-        if let Some(sent) = p.send_value(&Dynamic::from_array(strings.clone())) {
-            return sent;
+        if p.carries_values() {
+            if let Some(sent) = p.send_value(&Dynamic::from_array(strings)) {
+                return sent;
+            }
+            return Err("peer.send: the connection is gone".into());
         }
         p.reply(
             &values::bytes_for_send(&strings, None).map_err(to_rhai_error)?,

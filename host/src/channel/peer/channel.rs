@@ -554,6 +554,10 @@ impl Output for PeerOutput {
         self.conn(origin.addr).is_some_and(|c| c.link.close())
     }
 
+    fn carries_values(&self) -> bool {
+        true
+    }
+
     fn carries_osc(&self, origin: &Origin) -> bool {
         self.conn(origin.addr)
             .is_some_and(|c| c.data_type == DataType::Bytes)
