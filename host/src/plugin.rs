@@ -29,6 +29,7 @@ use patchbay_plugin_api::abi::{
 use patchbay_plugin_api::osc::{DecodeLimits, PacketRef};
 use serde::{Deserialize, Serialize};
 
+use crate::channel::held::HeldSends;
 use crate::channel::Origin;
 use crate::dispatch::{RateLimitedLog, SharedSwitchboard};
 use crate::script::handover::{self, Receiver};
@@ -266,6 +267,9 @@ pub struct PluginInstance {
     unloaded: AtomicBool,
     metrics: PluginMetrics,
     drop_log: Mutex<RateLimitedLog>,
+    /// The datagram sends its thread holds back while it has a backlog (`channel::held`); the
+    /// watchdog sends them when a call does not return.
+    held: Arc<HeldSends>,
 }
 
 impl PluginInstance {
@@ -534,6 +538,8 @@ struct Runner {
     errors: VecDeque<Instant>,
     config: PluginsConfig,
     failure_log: RateLimitedLog,
+    /// When the last call returned.
+    last_call_end: Instant,
 }
 
 // SAFETY: the instance pointer is only used on the runner's own thread, one call at a time.
@@ -541,6 +547,8 @@ unsafe impl Send for Runner {}
 
 impl Runner {
     fn run(mut self, jobs: Receiver<Job>) {
+        let held = self.instance.held.clone();
+        held.hold_on_this_thread();
         loop {
             // No lock and no clock read per message while no timer is set.
             let timers_set = self.ctx.timer_count.load(Ordering::Acquire) > 0;
@@ -556,7 +564,9 @@ impl Runner {
             let wait = next
                 .map(|d| d.saturating_duration_since(Instant::now()))
                 .unwrap_or(Duration::from_secs(1));
-            match jobs.recv_timeout(wait) {
+            match jobs.recv_timeout_or(wait, || {
+                let _ = held.flush();
+            }) {
                 Ok(Job::Message(_, _)) if self.instance.unloaded.load(Ordering::Relaxed) => break,
                 Ok(Job::Message(_, _)) if self.instance.disabled.load(Ordering::Relaxed) => {
                     // Queued before the instance was disabled: not given to it any more.
@@ -596,7 +606,10 @@ impl Runner {
                 // SAFETY: as above.
                 self.call(|| unsafe { host::on_timer(vtable, handle, timer) });
             }
+            // The clock as of the last call's end: no clock read of its own per message.
+            held.flush_if_due(self.last_call_end);
         }
+        held.release_this_thread();
         // SAFETY: our instance, never used again.
         unsafe { host::on_unload(self.plugin.vtable, self.handle) };
         tracing::info!(plugin = %self.instance.plugin, route = %self.instance.route, "Plugin instance unloaded.");
@@ -612,7 +625,9 @@ impl Runner {
         instance.metrics.calls.increment(1);
         let result = call();
         instance.busy_since.store(0, Ordering::Relaxed);
-        let took = started.elapsed();
+        let ended = Instant::now();
+        self.last_call_end = ended;
+        let took = ended - started;
         instance.metrics.duration.record(took.as_secs_f64());
         if instance.stuck.swap(false, Ordering::Relaxed) {
             instance.metrics.stuck.set(0.0);
@@ -854,6 +869,7 @@ impl PluginHost {
             unloaded: AtomicBool::new(false),
             metrics: PluginMetrics::new(&name),
             drop_log: Mutex::new(RateLimitedLog::new(Duration::from_secs(1))),
+            held: HeldSends::new(),
         });
         let runner = Runner {
             instance: instance.clone(),
@@ -863,6 +879,7 @@ impl PluginHost {
             errors: VecDeque::new(),
             config: plan.config,
             failure_log: RateLimitedLog::new(Duration::from_secs(1)),
+            last_call_end: Instant::now(),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("plugin {name}"))
@@ -918,6 +935,8 @@ impl PluginHost {
                     if since == 0 {
                         continue;
                     }
+                    // What the instance sent before this long call goes out now.
+                    instance.held.flush_if_due(Instant::now());
                     let busy_ms = (instance.epoch.elapsed().as_nanos() as u64).saturating_sub(since) / 1_000_000;
                     if busy_ms > timeout && !instance.stuck.swap(true, Ordering::Relaxed) {
                         instance.metrics.stuck.set(1.0);

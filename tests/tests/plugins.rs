@@ -836,6 +836,45 @@ fn plugin_that_never_returns_is_marked_stuck_and_other_routes_are_served() {
     assert_eq!(status.code(), Some(0), "{}", pb.stderr_text());
 }
 
+/// While a plugin works through a backlog its sends are held and sent together
+/// (`channel::held`); sends held before a call that does not return are sent by the watchdog, not
+/// kept until the call ends.
+#[test]
+fn sends_held_before_a_hanging_call_go_out() {
+    let dir = PluginDir::new();
+    dir.install("libsleepy.so", &plugin_lib(SLEEPY));
+    let lights = Receiver::new();
+    let routes = plugin_route("zz", "/z/*", "sleepy", "{ to: lights }");
+    let mut pb = Patchbay::start(&config(
+        &dir,
+        lights.addr(),
+        "  call_timeout_ms: 5000\n",
+        &routes,
+    ));
+    let desk = pb.addr("desk");
+    let client = Receiver::new();
+    let done = |address: &str| osc::message("/sleepy/done", &[OscArg::String(address.into())]);
+    // `ok` and `hang` queue up while `nap` sleeps 100 ms, so the answers to `nap` and `ok` are held
+    // when `hang` starts its 60 s sleep.
+    let sent = Instant::now();
+    client.send_to(&int_msg("/z/nap", 100), desk);
+    client.send_to(&int_msg("/z/ok", 1), desk);
+    client.send_to(&int_msg("/z/hang", 1), desk);
+    lights.expect_bytes(&done("/z/nap"), "the answer before the hang");
+    lights.expect_bytes(&done("/z/ok"), "the second answer before the hang");
+    // The hanging call is marked stuck 5 s after it started and lasts 60 s: answers seen sooner
+    // were sent while it hung.
+    let waited = sent.elapsed();
+    assert!(
+        waited < Duration::from_secs(5) && !pb.stderr_text().contains(STUCK),
+        "the answers came during the hanging call ({waited:?}):\n{}",
+        pb.stderr_text()
+    );
+    wait_lines(&pb, &[STUCK, "plugin=sleepy"], 1);
+    let status = pb.signal_and_wait(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{}", pb.stderr_text());
+}
+
 /// A call past `call_timeout_ms` that returns: stuck meanwhile (drops), then resumed with a log and gauge 0.
 #[test]
 fn stuck_call_that_returns_resumes_routing() {

@@ -1368,6 +1368,52 @@ fn timeout_ms_stops_a_long_call() {
     );
 }
 
+/// While a script works through a backlog its sends are held and sent together
+/// (`channel::held`); a send held before a long call still goes out during that call, not at its
+/// end: the deadline check sends it.
+#[test]
+fn sends_held_before_a_long_call_go_out_during_it() {
+    let dir = ScriptDir::new();
+    let text = "fn on_message(msg) {\n    let n = msg.args[0];\n    if n == 0 {\n        let t = timestamp();\n        while t.elapsed < 0.1 {}\n    }\n    msg.peer.send_osc(\"/answer\", [n]);\n    if n == 2 {\n        loop {}\n    }\n}\n";
+    dir.write("backlog.rhai", text);
+    let lights = Receiver::new();
+    let routes = script_route("backlog", "/backlog", &dir.name("backlog.rhai"), None);
+    let extra = file_limits(
+        "backlog.rhai",
+        "max_operations: 1000000000000, timeout_ms: 5000",
+    );
+    let pb = start(&dir, &lights, &extra, &routes);
+    let client = Client::new(pb.addr("desk"));
+    // 1 and 2 queue up while 0 runs for 100 ms, so their answers are held; 2 then loops until its
+    // 5 s deadline.
+    let sent = Instant::now();
+    for n in 0..3 {
+        client.send("/backlog", &[OscArg::Int(n)]);
+    }
+    for n in 0..3 {
+        client.rx.expect_bytes(
+            &osc::message("/answer", &[OscArg::Int(n)]),
+            "each answer, in order",
+        );
+    }
+    // The looping call cannot end before its deadline, 5 s after it started: answers seen sooner
+    // were sent while it ran.
+    let waited = sent.elapsed();
+    assert!(
+        waited < Duration::from_secs(5) && !pb.stderr_text().contains("stopped by a limit"),
+        "the answers came while the looping call still ran, not after its deadline ({waited:?}):\n{}",
+        pb.stderr_text()
+    );
+    pb.wait_stderr(RECV_TIMEOUT, |t| t.contains("stopped by a limit"));
+    let m = wait_metrics(metrics_addr(&pb), "three calls", |m| {
+        script_metric(m, CALLS, &dir.name("backlog.rhai"), &[]) == Some(3.0)
+    });
+    assert_eq!(
+        script_metric(&m, ERRORS, &dir.name("backlog.rhai"), &[("kind", "limit")]),
+        Some(1.0)
+    );
+}
+
 const DEEP_RHAI: &str = r#"
 fn on_message(msg) {
     let d = depth(msg.args[0]);

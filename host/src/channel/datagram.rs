@@ -97,6 +97,13 @@ impl DatagramSocket {
         return self.inner.try_send_to(bytes, to);
     }
 
+    /// The descriptor, for `sendmmsg` (see `held`).
+    #[cfg(unix)]
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.inner.get_ref().as_raw_fd()
+    }
+
     /// For socket options (buffer sizes, multicast settings, membership).
     pub fn sock_ref(&self) -> socket2::SockRef<'_> {
         #[cfg(unix)]
@@ -171,10 +178,59 @@ pub struct DatagramOutput {
     max_datagram: AtomicUsize,
     /// What the receive loop reads per datagram; swapped whole on a live reload.
     settings: ArcSwap<DatagramSettings>,
-    metrics: ChannelMetrics,
     /// Set on channels whose own datagrams can come back to them.
     own: Option<Arc<OwnDatagrams>>,
+    /// Where sends are counted; shared with held sends (see `held`), counted when they go out.
+    account: Arc<SendAccount>,
+}
+
+/// A datagram channel's outgoing counters and loss log.
+pub struct SendAccount {
+    name: Arc<str>,
+    metrics: ChannelMetrics,
     loss_log: std::sync::Mutex<RateLimitedLog>,
+}
+
+impl SendAccount {
+    pub fn new(name: Arc<str>, metrics: ChannelMetrics) -> SendAccount {
+        SendAccount {
+            name,
+            metrics,
+            loss_log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(1))),
+        }
+    }
+
+    pub(super) fn sent(&self, len: usize) {
+        self.metrics.packets_out.increment(1);
+        self.metrics.bytes_out.increment(len as u64);
+    }
+
+    pub(super) fn failed(&self, error: &io::Error, to: SocketAddr) {
+        if error.kind() == io::ErrorKind::WouldBlock {
+            self.metrics.drops.increment(1);
+            self.log_loss(format_args!(
+                "the socket's send buffer is full (raise send_buffer)"
+            ));
+        } else {
+            self.metrics.send_errors.increment(1);
+            self.log_loss(format_args!("the system refused the send to {to}: {error}"));
+        }
+    }
+
+    fn dropped(&self, why: std::fmt::Arguments<'_>) {
+        self.metrics.drops.increment(1);
+        self.log_loss(why);
+    }
+
+    // Only reached when a packet is lost, so the lock is off the normal path.
+    fn log_loss(&self, why: std::fmt::Arguments<'_>) {
+        if let Ok(mut log) = self.loss_log.lock() {
+            let name = &self.name;
+            log.log(|suppressed| {
+                tracing::warn!(channel = %name, suppressed, "Dropped an outgoing packet: {why}.")
+            });
+        }
+    }
 }
 
 impl DatagramOutput {
@@ -186,15 +242,14 @@ impl DatagramOutput {
         own: Option<Arc<OwnDatagrams>>,
     ) -> Self {
         DatagramOutput {
-            name,
             socket: ArcSwapOption::empty(),
             destination: ArcSwapOption::new(destination.map(Arc::new)),
             raw: AtomicBool::new(settings.format == Format::Raw),
             max_datagram: AtomicUsize::new(settings.max_datagram),
             settings: ArcSwap::from_pointee(settings),
-            metrics,
+            account: Arc::new(SendAccount::new(name.clone(), metrics)),
+            name,
             own,
-            loss_log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(1))),
         }
     }
 
@@ -259,51 +314,28 @@ impl DatagramOutput {
     fn send_raw(&self, packet: &[u8], to: SocketAddr) {
         payloads(packet, |payload| match payload {
             Ok(bytes) => self.send_datagram(bytes, to),
-            Err(address) => {
-                self.metrics.drops.increment(1);
-                self.log_loss(format_args!(
-                    "`{address}` has no blob or string argument to send to a raw channel"
-                ));
-            }
+            Err(address) => self.account.dropped(format_args!(
+                "`{address}` has no blob or string argument to send to a raw channel"
+            )),
         });
     }
 
     fn send_datagram(&self, bytes: &[u8], to: SocketAddr) {
         let guard = self.socket.load();
         let Some(socket) = guard.as_ref() else {
-            self.metrics.drops.increment(1);
-            self.log_loss(format_args!("its socket is not bound (yet)"));
+            self.account
+                .dropped(format_args!("its socket is not bound (yet)"));
             return;
         };
         if let Some(own) = &self.own {
             own.remember(bytes);
         }
-        let sent = socket.try_send_to(bytes, to);
-        match sent {
-            Ok(_) => {
-                self.metrics.packets_out.increment(1);
-                self.metrics.bytes_out.increment(bytes.len() as u64);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.metrics.drops.increment(1);
-                self.log_loss(format_args!(
-                    "the socket's send buffer is full (raise send_buffer)"
-                ));
-            }
-            Err(e) => {
-                self.metrics.send_errors.increment(1);
-                self.log_loss(format_args!("the system refused the send to {to}: {e}"));
-            }
+        if super::held::hold(socket, &self.account, bytes, to) {
+            return;
         }
-    }
-
-    // Only reached when a packet is lost, so the lock is off the normal path.
-    fn log_loss(&self, why: std::fmt::Arguments<'_>) {
-        if let Ok(mut log) = self.loss_log.lock() {
-            let name = &self.name;
-            log.log(|suppressed| {
-                tracing::warn!(channel = %name, suppressed, "Dropped an outgoing packet: {why}.")
-            });
+        match socket.try_send_to(bytes, to) {
+            Ok(_) => self.account.sent(bytes.len()),
+            Err(e) => self.account.failed(&e, to),
         }
     }
 }
@@ -316,10 +348,9 @@ impl Output for DatagramOutput {
     fn send(&self, packet: &[u8]) {
         match self.destination.load().as_deref() {
             Some(&to) => self.send_to(packet, to),
-            None => {
-                self.metrics.drops.increment(1);
-                self.log_loss(format_args!("the channel has no `send` destination"));
-            }
+            None => self
+                .account
+                .dropped(format_args!("the channel has no `send` destination")),
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod broadcast;
 pub mod datagram;
 pub mod framing;
+pub mod held;
 pub mod multicast;
 pub mod peer;
 pub mod stream;

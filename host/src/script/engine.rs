@@ -20,8 +20,10 @@ use rhai::{
 };
 
 use super::hostname::Hostnames;
+use super::usage::{self, Keys};
 use super::values::{self, SendOscOptions};
 use super::Limits;
+use crate::channel::held::HeldSends;
 use crate::channel::Origin;
 use crate::dispatch::SharedSwitchboard;
 
@@ -341,6 +343,8 @@ pub struct ScriptContext {
     /// Nanoseconds after `epoch` when the current call must stop.
     pub deadline: Arc<AtomicU64>,
     pub epoch: Instant,
+    /// The datagram sends the worker holds back while it has a backlog (`channel::held`).
+    pub held: Arc<HeldSends>,
 }
 
 impl ScriptContext {
@@ -362,6 +366,7 @@ impl ScriptContext {
             limits,
             deadline: Arc::new(AtomicU64::new(u64::MAX)),
             epoch: Instant::now(),
+            held: HeldSends::new(),
         }
     }
 }
@@ -585,15 +590,18 @@ pub fn build(ctx: &ScriptContext) -> Engine {
     engine.set_max_map_size(limits.max_map_size);
     engine.set_max_call_levels(limits.max_call_depth);
     // A wall-clock deadline per call: checked every 1024 operations, so the check costs nothing.
-    let (deadline, epoch) = (ctx.deadline.clone(), ctx.epoch);
+    // A long call also sends what the worker held back before it (see `channel::held`).
+    let (deadline, epoch, held) = (ctx.deadline.clone(), ctx.epoch, ctx.held.clone());
     engine.on_progress(move |operations| {
-        if operations & 0x3ff == 0
-            && epoch.elapsed().as_nanos() as u64 > deadline.load(Ordering::Relaxed)
-        {
-            Some(Dynamic::from("the call ran past its deadline (timeout_ms)"))
-        } else {
-            None
+        if operations & 0x3ff != 0 {
+            return None;
         }
+        let now = Instant::now();
+        if now.duration_since(epoch).as_nanos() as u64 > deadline.load(Ordering::Relaxed) {
+            return Some(Dynamic::from("the call ran past its deadline (timeout_ms)"));
+        }
+        held.flush_if_due(now);
+        None
     });
     engine.disable_symbol("eval");
     values::register(&mut engine);
@@ -782,7 +790,7 @@ pub fn build(ctx: &ScriptContext) -> Engine {
 }
 
 /// The keys of `msg`, in the map's (sorted) order.
-const MSG_KEYS: [&str; 9] = [
+pub const MSG_KEYS: [&str; 9] = [
     "address",
     "args",
     "captures",
@@ -796,12 +804,14 @@ const MSG_KEYS: [&str; 9] = [
 
 /// Builds the `msg` a script function receives, one per message, on the script's thread.
 ///
-/// What repeats from one message to the next (the address and its parts, the captures, the type
-/// tags, the channel and route names) is kept from the last message and shared (a reference count,
-/// not a copy of the text); the map itself is a clone of a template with every key, its values
-/// then set in key order, so no key is made or looked up per message.
+/// Only the keys the function can read are built (`usage::msg_keys`). What repeats from one message
+/// to the next (the address and its parts, the captures, the type tags, the channel and route names)
+/// is kept from the last message and shared (a reference count, not a copy of the text); the map
+/// itself is a clone of a template with the wanted keys, its values then set in key order, so no key
+/// is made or looked up per message.
 pub struct MessageBuilder {
-    template: Map,
+    /// One template per set of keys asked for (a script has a few handlers at most).
+    templates: Vec<(Keys, Map)>,
     address: ImmutableString,
     parts: Array,
     type_tags: ImmutableString,
@@ -820,10 +830,7 @@ impl Default for MessageBuilder {
 impl MessageBuilder {
     pub fn new() -> MessageBuilder {
         MessageBuilder {
-            template: MSG_KEYS
-                .iter()
-                .map(|k| ((*k).into(), Dynamic::UNIT))
-                .collect(),
+            templates: Vec::new(),
             address: ImmutableString::new(),
             parts: Array::new(),
             type_tags: ImmutableString::new(),
@@ -838,58 +845,60 @@ impl MessageBuilder {
         }
     }
 
-    /// The `msg` map; `None` if the bytes are not one OSC message (never: the receiving thread
+    /// The whole `msg` map; `None` if the bytes are not one OSC message (never: the receiving thread
     /// validated them).
     pub fn build(&mut self, message: &super::ScriptMessage, peer: Peer) -> Option<Map> {
+        self.build_keys(message, usage::ALL, || peer)
+    }
+
+    /// The `msg` map with the `keys` asked for (`usage::msg_keys`); `peer` is called only when the
+    /// peer is one of them.
+    pub fn build_keys(
+        &mut self,
+        message: &super::ScriptMessage,
+        keys: Keys,
+        peer: impl FnOnce() -> Peer,
+    ) -> Option<Map> {
         let Ok(PacketRef::Message(osc)) = PacketRef::parse(&message.raw, &self.limits) else {
             return None;
         };
-        if self.address.as_str() != osc.address {
-            self.address = osc.address.into();
-            self.parts = osc
-                .address
-                .split('/')
-                .filter(|p| !p.is_empty())
-                .map(|p| Dynamic::from(ImmutableString::from(p)))
-                .collect();
+        let wants = |key: usize| keys & (1 << key) != 0;
+        let mut peer = Some(peer);
+        let mut map = self.template(keys);
+        let mut slots = map.values_mut();
+        for key in (0..MSG_KEYS.len()).filter(|&k| wants(k)) {
+            let value: Dynamic = match key {
+                0 => {
+                    self.see_address(osc.address);
+                    self.address.clone().into()
+                }
+                1 => values::args_to_dynamic(&mut osc.arg_refs()).into(),
+                2 => {
+                    self.see_captures(osc.address, &message.captures);
+                    let captures: Array =
+                        self.captures.iter().cloned().map(Dynamic::from).collect();
+                    captures.into()
+                }
+                3 => shared_name(&mut self.channel, &message.channel).into(),
+                4 => {
+                    self.see_address(osc.address);
+                    self.parts.clone().into()
+                }
+                5 => Dynamic::from(peer.take().map(|p| p()).expect("the peer is built once")),
+                6 => Dynamic::from(message.received_ms),
+                7 => shared_name(&mut self.route, &message.route).into(),
+                _ => {
+                    if self.type_tags.as_str() != osc.type_tags {
+                        self.type_tags = osc.type_tags.into();
+                    }
+                    self.type_tags.clone().into()
+                }
+            };
+            if let Some(slot) = slots.next() {
+                *slot = value;
+            }
         }
-        if self.type_tags.as_str() != osc.type_tags {
-            self.type_tags = osc.type_tags.into();
-        }
-        let captured = |&(start, end): &(usize, usize)| osc.address.get(start..end).unwrap_or("");
-        if self.captures.len() != message.captures.len()
-            || self
-                .captures
-                .iter()
-                .zip(&message.captures)
-                .any(|(kept, span)| kept.as_str() != captured(span))
-        {
-            self.captures = message
-                .captures
-                .iter()
-                .map(|span| captured(span).into())
-                .collect();
-        }
-        let channel = shared_name(&mut self.channel, &message.channel);
-        let route = shared_name(&mut self.route, &message.route);
-        let args = values::args_to_dynamic(&mut osc.arg_refs());
-        let captures: Array = self.captures.iter().cloned().map(Dynamic::from).collect();
-        let values: [Dynamic; 9] = [
-            self.address.clone().into(),
-            args.into(),
-            captures.into(),
-            channel.into(),
-            self.parts.clone().into(),
-            Dynamic::from(peer),
-            Dynamic::from(message.received_ms),
-            route.into(),
-            self.type_tags.clone().into(),
-        ];
-        let mut map = self.template.clone();
-        for (slot, value) in map.values_mut().zip(values) {
-            *slot = value;
-        }
-        if let Some(value) = &message.value {
+        if let (Some(value), true) = (&message.value, keys & usage::VALUE != 0) {
             // A json or raw peer payload: the whole value, not only its OSC form.
             map.insert(
                 "value".into(),
@@ -897,6 +906,47 @@ impl MessageBuilder {
             );
         }
         Some(map)
+    }
+
+    /// A map with the keys of `keys` (units for values).
+    fn template(&mut self, keys: Keys) -> Map {
+        if let Some((_, map)) = self.templates.iter().find(|(k, _)| *k == keys) {
+            return map.clone();
+        }
+        let map: Map = MSG_KEYS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| keys & (1 << i) != 0)
+            .map(|(_, k)| ((*k).into(), Dynamic::UNIT))
+            .collect();
+        self.templates.push((keys, map.clone()));
+        map
+    }
+
+    /// Keeps the address and its parts, made again only when the address changes.
+    fn see_address(&mut self, address: &str) {
+        if self.address.as_str() != address {
+            self.address = address.into();
+            self.parts = address
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .map(|p| Dynamic::from(ImmutableString::from(p)))
+                .collect();
+        }
+    }
+
+    /// Keeps the captured texts, made again only when they change.
+    fn see_captures(&mut self, address: &str, spans: &[(usize, usize)]) {
+        let captured = |&(start, end): &(usize, usize)| address.get(start..end).unwrap_or("");
+        if self.captures.len() != spans.len()
+            || self
+                .captures
+                .iter()
+                .zip(spans)
+                .any(|(kept, span)| kept.as_str() != captured(span))
+        {
+            self.captures = spans.iter().map(|span| captured(span).into()).collect();
+        }
     }
 }
 

@@ -153,11 +153,22 @@ impl<T> Receiver<T> {
     }
 
     /// The next message, parking up to `timeout` when none is queued.
+    #[cfg(test)]
     pub(crate) fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_timeout_or(timeout, || {})
+    }
+
+    /// As `recv_timeout`, running `on_empty` first when none is queued (a worker sends what it held
+    /// back while it had a backlog).
+    pub(crate) fn recv_timeout_or(
+        &self,
+        timeout: Duration,
+        on_empty: impl FnOnce(),
+    ) -> Result<T, RecvTimeoutError> {
         match self.try_recv() {
             Ok(item) => return Ok(item),
             Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Empty) => on_empty(),
         }
         let bell = &self.bell;
         bell.worker.get_or_init(std::thread::current);

@@ -15,6 +15,7 @@
 pub mod engine;
 pub(crate) mod handover;
 pub mod hostname;
+pub mod usage;
 pub mod values;
 pub mod worker;
 

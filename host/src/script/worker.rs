@@ -1,7 +1,6 @@
 //! One thread per script: it owns the engine, the current AST and the timers, takes jobs (messages,
 //! new versions) from a bounded queue in arrival order, and fires timers on the monotonic clock.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
@@ -9,10 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, FuncArgs, Map, Scope, AST};
+use rustc_hash::FxHashMap;
 
 use super::engine::{self, MessageBuilder, Peer, ScriptContext, State};
 use super::handover::Receiver;
 use super::hostname::Hostnames;
+use super::usage::{self, Keys};
 use super::{Job, Limits, ScriptHandle, ScriptMessage};
 use crate::dispatch::{RateLimitedLog, SharedSwitchboard};
 
@@ -42,6 +43,14 @@ pub(crate) fn spawn(setup: WorkerSetup) -> Option<std::thread::JoinHandle<()>> {
     }
 }
 
+/// What the worker knows of one of the script's functions.
+#[derive(Clone, Copy)]
+struct Function {
+    params: usize,
+    /// The keys of `msg` it can read when `msg` is its first parameter (`usage::msg_keys`).
+    msg_keys: Keys,
+}
+
 /// How often a changed `state` is written to disk at most.
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
@@ -51,8 +60,8 @@ struct Worker {
     engine: Engine,
     ctx: ScriptContext,
     ast: Option<AST>,
-    /// Parameter counts of the current version's functions.
-    functions: HashMap<String, usize>,
+    /// The current version's functions: parameter count, and the keys of `msg` each can read.
+    functions: FxHashMap<String, Function>,
     scope: Scope<'static>,
     persist: Option<PathBuf>,
     saved: Instant,
@@ -63,6 +72,8 @@ struct Worker {
     source: String,
     /// Builds each message's `msg`.
     messages: MessageBuilder,
+    /// When the last call returned.
+    last_call_end: Instant,
     /// When the next timer is due, as of the last look at the timers (re-read when a script edits
     /// them, see `ScriptContext::timers_edited`).
     next_due: Option<Instant>,
@@ -87,7 +98,7 @@ impl Worker {
             inbox: setup.inbox,
             ctx,
             ast: None,
-            functions: HashMap::new(),
+            functions: FxHashMap::default(),
             scope: Scope::new(),
             persist: setup.persist,
             saved: Instant::now(),
@@ -97,6 +108,7 @@ impl Worker {
             source: String::new(),
             messages: MessageBuilder::new(),
             next_due: None,
+            last_call_end: Instant::now(),
         };
         match engine::compile_file(&worker.handle.path, setup.module_dir.as_deref()) {
             Ok((ast, imports)) => {
@@ -122,19 +134,32 @@ impl Worker {
         self.source = std::fs::read_to_string(&self.handle.path).unwrap_or_default();
         self.functions = ast
             .iter_functions()
-            .map(|f| (f.name.to_string(), f.params.len()))
+            .map(|f| {
+                let function = Function {
+                    params: f.params.len(),
+                    msg_keys: f
+                        .params
+                        .first()
+                        .map_or(usage::ALL, |param| usage::msg_keys(&ast, param)),
+                };
+                (f.name.to_string(), function)
+            })
             .collect();
         self.ast = Some(ast);
     }
 
     fn run(mut self) {
+        let held = self.ctx.held.clone();
+        held.hold_on_this_thread();
         loop {
             let wait = self
                 .next_timer()
                 .map(|due| due.saturating_duration_since(Instant::now()))
                 .unwrap_or(PERSIST_EVERY)
                 .min(PERSIST_EVERY);
-            match self.inbox.recv_timeout(wait) {
+            match self.inbox.recv_timeout_or(wait, || {
+                let _ = held.flush();
+            }) {
                 Ok(Job::Call { function, message }) => self.call_message(&function, message),
                 Ok(Job::Swap { ast, imports }) => {
                     *self
@@ -172,7 +197,10 @@ impl Worker {
             }
             self.fire_timers();
             self.save_state(false);
+            // The clock as of the last call's end: no clock read of its own per message.
+            held.flush_if_due(self.last_call_end);
         }
+        held.release_this_thread();
         self.save_state(true);
     }
 
@@ -187,7 +215,7 @@ impl Worker {
 
     /// `init()` / `on_reload()`, when the script defines them.
     fn lifecycle(&mut self, function: &str) {
-        if self.functions.get(function) == Some(&0) {
+        if self.functions.get(function).is_some_and(|f| f.params == 0) {
             let _ = self.call(function, (), "lifecycle");
         }
     }
@@ -197,7 +225,7 @@ impl Worker {
         if self.ast.is_none() {
             return Err("the script has no good version yet (see its compile error)".into());
         }
-        if self.functions.get(function) != Some(&1) {
+        if self.functions.get(function).is_none_or(|f| f.params != 1) {
             return Err(format!(
                 "the script has no function `{function}(offer)` with one parameter"
             ));
@@ -212,7 +240,7 @@ impl Worker {
     }
 
     fn call_message(&mut self, function: &str, message: ScriptMessage) {
-        let Some(&params) = self.functions.get(function) else {
+        let Some(&Function { params, msg_keys }) = self.functions.get(function) else {
             if self.ast.is_some() {
                 self.handle.metrics.runtime_errors.increment(1);
                 let known: Vec<&str> = self.functions.keys().map(String::as_str).collect();
@@ -227,9 +255,9 @@ impl Worker {
             }
             return;
         };
-        let peer = Peer::new(message.origin, message.channel.clone(), &self.ctx);
-        let second = (params == 2).then(|| Dynamic::from(peer.clone()));
-        let Some(msg) = self.messages.build(&message, peer) else {
+        let peer = || Peer::new(message.origin, message.channel.clone(), &self.ctx);
+        let second = (params == 2).then(|| Dynamic::from(peer()));
+        let Some(msg) = self.messages.build_keys(&message, msg_keys, peer) else {
             return;
         };
         let msg = Dynamic::from_map(msg);
@@ -289,10 +317,12 @@ impl Worker {
             args,
         );
         self.ctx.deadline.store(u64::MAX, Ordering::Relaxed);
+        let ended = Instant::now();
+        self.last_call_end = ended;
         self.handle
             .metrics
             .duration
-            .record(started.elapsed().as_secs_f64());
+            .record((ended - started).as_secs_f64());
         match result {
             Ok(value) => Some(value),
             Err(error) => {
