@@ -98,7 +98,7 @@ impl DatagramSocket {
     }
 
     /// The descriptor, for `sendmmsg` (see `held`).
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         self.inner.get_ref().as_raw_fd()
