@@ -178,6 +178,13 @@ fn send_all(
     sends: &[(SocketAddr, Range<usize>)],
     mut outcome: impl FnMut(usize, io::Result<()>),
 ) {
+    if let [(to, range)] = sends {
+        // One datagram (a worker that keeps up): a plain send, nothing to gather.
+        return outcome(
+            0,
+            socket.try_send_to(&bytes[range.clone()], *to).map(|_| ()),
+        );
+    }
     let addrs: Vec<socket2::SockAddr> = sends.iter().map(|(to, _)| (*to).into()).collect();
     let mut iovs: Vec<libc::iovec> = sends
         .iter()
