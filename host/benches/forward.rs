@@ -456,6 +456,17 @@ struct RelayRun {
 }
 
 impl RelayRun {
+    fn figures(&self) -> RunFigures<'_> {
+        RunFigures {
+            sent: self.sent,
+            received: self.received,
+            msgs_per_sec: self.msgs_per_sec,
+            cpu_ns_per_msg: self.cpu_ns_per_msg,
+            paced_cpu_ns_per_msg: self.paced_cpu_ns_per_msg,
+            latency: &self.latency,
+        }
+    }
+
     fn one_line(&self) -> String {
         format!(
             "{:>9.0} msg/s  loss {:>5}  cpu {:>6.0} ns/msg (busy {:.2}, other {:.0} ns, paced {:.0} ns)  latency p50 {:.1} p99 {:.1} max {:.1} µs, loss {}  neighbours {:.2}/{:.2} cores",
@@ -473,14 +484,6 @@ impl RelayRun {
             self.neighbours_latency,
         )
     }
-}
-
-struct Latency {
-    received: u64,
-    p50_ns: u64,
-    p99_ns: u64,
-    max_ns: u64,
-    lost: u64,
 }
 
 /// One run: a fresh raw relay and a fresh patchbay, both up at once (the idle one costs nothing), fed
@@ -857,20 +860,7 @@ fn paced(sink: &Sink, sender: &StdUdpSocket, to: SocketAddr, rate: u64, secs: u6
         done.store(true, Ordering::Release);
         collector.join().expect("sink thread")
     });
-    let mut latencies: Vec<u64> = sent_at
-        .iter()
-        .zip(&received.arrivals)
-        .filter(|&(_, &at)| at != u64::MAX)
-        .map(|(&sent, &at)| at.saturating_sub(sent))
-        .collect();
-    latencies.sort_unstable();
-    Latency {
-        received: latencies.len() as u64,
-        p50_ns: percentile(&latencies, 0.50),
-        p99_ns: percentile(&latencies, 0.99),
-        max_ns: latencies.last().copied().unwrap_or(0),
-        lost: n - latencies.len() as u64,
-    }
+    Latency::of(&sent_at, &received.arrivals)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1054,18 +1044,6 @@ fn time_per_op(batch: Duration, mut op: impl FnMut()) -> f64 {
 // ---------------------------------------------------------------------------------------------------
 // The report
 
-struct Summary {
-    msgs_per_sec: f64,
-    loss: u64,
-    sent: u64,
-    cpu_ns: f64,
-    paced_cpu_ns: f64,
-    p50_us: f64,
-    p99_us: f64,
-    max_us: f64,
-    latency_lost: u64,
-}
-
 struct Report<'a> {
     quick: bool,
     wait_quiet: Option<Duration>,
@@ -1085,24 +1063,8 @@ impl Report<'_> {
             .map(|(_, r)| r)
     }
 
-    /// Medians over runs, except loss (summed) and max latency (the worst run's).
     fn summary(&self, kind: Kind) -> Summary {
-        let runs: Vec<&RelayRun> = self.of(kind).collect();
-        let med = |f: &dyn Fn(&RelayRun) -> f64| median(runs.iter().map(|r| f(r)).collect());
-        Summary {
-            msgs_per_sec: med(&|r| r.msgs_per_sec),
-            loss: runs.iter().map(|r| r.sent - r.received).sum(),
-            sent: runs.iter().map(|r| r.sent).sum(),
-            cpu_ns: med(&|r| r.cpu_ns_per_msg),
-            paced_cpu_ns: med(&|r| r.paced_cpu_ns_per_msg),
-            p50_us: med(&|r| r.latency.p50_ns as f64 / 1e3),
-            p99_us: med(&|r| r.latency.p99_ns as f64 / 1e3),
-            max_us: runs
-                .iter()
-                .map(|r| r.latency.max_ns as f64 / 1e3)
-                .fold(0.0, f64::max),
-            latency_lost: runs.iter().map(|r| r.latency.lost).sum(),
-        }
+        Summary::of(self.of(kind).map(RelayRun::figures))
     }
 
     /// The target's measure: median patchbay CPU/msg over median raw CPU/msg.

@@ -602,14 +602,6 @@ fn blast(sink: &SinkConn, sender: &mut TcpStream, n: u64) -> Blasted {
     })
 }
 
-struct Latency {
-    received: u64,
-    p50_ns: u64,
-    p99_ns: u64,
-    max_ns: u64,
-    lost: u64,
-}
-
 /// `rate` messages per second for `secs` seconds on an absolute schedule, one write (one segment)
 /// each; one-way latency sender -> relay -> sink.
 fn paced(sink: &SinkConn, sender: &mut TcpStream, rate: u64, secs: u64) -> Latency {
@@ -637,20 +629,7 @@ fn paced(sink: &SinkConn, sender: &mut TcpStream, rate: u64, secs: u64) -> Laten
         done.store(true, Ordering::Release);
         collector.join().expect("sink thread")
     });
-    let mut latencies: Vec<u64> = sent_at
-        .iter()
-        .zip(&received.arrivals)
-        .filter(|&(_, &at)| at != u64::MAX)
-        .map(|(&sent, &at)| at.saturating_sub(sent))
-        .collect();
-    latencies.sort_unstable();
-    Latency {
-        received: latencies.len() as u64,
-        p50_ns: percentile(&latencies, 0.50),
-        p99_ns: percentile(&latencies, 0.99),
-        max_ns: latencies.last().copied().unwrap_or(0),
-        lost: n - latencies.len() as u64,
-    }
+    Latency::of(&sent_at, &received.arrivals)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -669,6 +648,17 @@ struct RelayRun {
 }
 
 impl RelayRun {
+    fn figures(&self) -> RunFigures<'_> {
+        RunFigures {
+            sent: self.sent,
+            received: self.received,
+            msgs_per_sec: self.msgs_per_sec,
+            cpu_ns_per_msg: self.cpu_ns_per_msg,
+            paced_cpu_ns_per_msg: self.paced_cpu_ns_per_msg,
+            latency: &self.latency,
+        }
+    }
+
     fn one_line(&self) -> String {
         format!(
             "{:>9.0} msg/s  loss {:>5}  cpu {:>6.0} ns/msg (busy {:.2}, other {:.0} ns, paced {:.0} ns)  latency p50 {:.1} p99 {:.1} max {:.1} µs, loss {}  neighbours {:.2} cores",
@@ -996,18 +986,6 @@ fn wait_for_metric_exact(
 // ---------------------------------------------------------------------------------------------------
 // The report
 
-struct Summary {
-    msgs_per_sec: f64,
-    loss: u64,
-    sent: u64,
-    cpu_ns: f64,
-    paced_cpu_ns: f64,
-    p50_us: f64,
-    p99_us: f64,
-    max_us: f64,
-    latency_lost: u64,
-}
-
 struct Report<'a> {
     quick: bool,
     params: &'a Params,
@@ -1024,22 +1002,7 @@ impl Report<'_> {
     }
 
     fn summary(&self, kind: Kind) -> Summary {
-        let runs: Vec<&RelayRun> = self.of(kind).collect();
-        let med = |f: &dyn Fn(&RelayRun) -> f64| median(runs.iter().map(|r| f(r)).collect());
-        Summary {
-            msgs_per_sec: med(&|r| r.msgs_per_sec),
-            loss: runs.iter().map(|r| r.sent - r.received).sum(),
-            sent: runs.iter().map(|r| r.sent).sum(),
-            cpu_ns: med(&|r| r.cpu_ns_per_msg),
-            paced_cpu_ns: med(&|r| r.paced_cpu_ns_per_msg),
-            p50_us: med(&|r| r.latency.p50_ns as f64 / 1e3),
-            p99_us: med(&|r| r.latency.p99_ns as f64 / 1e3),
-            max_us: runs
-                .iter()
-                .map(|r| r.latency.max_ns as f64 / 1e3)
-                .fold(0.0, f64::max),
-            latency_lost: runs.iter().map(|r| r.latency.lost).sum(),
-        }
+        Summary::of(self.of(kind).map(RelayRun::figures))
     }
 
     fn paired_ratio(&self) -> f64 {

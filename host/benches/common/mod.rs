@@ -124,6 +124,79 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// One-way latencies of a paced phase.
+pub struct Latency {
+    pub received: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+    pub lost: u64,
+}
+
+impl Latency {
+    /// From each message's send time and arrival time (ns on one clock; `u64::MAX`: never arrived).
+    pub fn of(sent_at: &[u64], arrivals: &[u64]) -> Latency {
+        let mut latencies: Vec<u64> = sent_at
+            .iter()
+            .zip(arrivals)
+            .filter(|&(_, &at)| at != u64::MAX)
+            .map(|(&sent, &at)| at.saturating_sub(sent))
+            .collect();
+        latencies.sort_unstable();
+        Latency {
+            received: latencies.len() as u64,
+            p50_ns: percentile(&latencies, 0.50),
+            p99_ns: percentile(&latencies, 0.99),
+            max_ns: latencies.last().copied().unwrap_or(0),
+            lost: sent_at.len() as u64 - latencies.len() as u64,
+        }
+    }
+}
+
+/// What a summary reads of one relay's run (each benchmark's run has more).
+pub struct RunFigures<'a> {
+    pub sent: u64,
+    pub received: u64,
+    pub msgs_per_sec: f64,
+    pub cpu_ns_per_msg: f64,
+    pub paced_cpu_ns_per_msg: f64,
+    pub latency: &'a Latency,
+}
+
+/// One relay over all runs: medians, except loss (summed) and max latency (the worst run's).
+pub struct Summary {
+    pub msgs_per_sec: f64,
+    pub loss: u64,
+    pub sent: u64,
+    pub cpu_ns: f64,
+    pub paced_cpu_ns: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    pub latency_lost: u64,
+}
+
+impl Summary {
+    pub fn of<'a>(runs: impl IntoIterator<Item = RunFigures<'a>>) -> Summary {
+        let runs: Vec<RunFigures> = runs.into_iter().collect();
+        let med = |f: &dyn Fn(&RunFigures) -> f64| median(runs.iter().map(f).collect());
+        Summary {
+            msgs_per_sec: med(&|r| r.msgs_per_sec),
+            loss: runs.iter().map(|r| r.sent - r.received).sum(),
+            sent: runs.iter().map(|r| r.sent).sum(),
+            cpu_ns: med(&|r| r.cpu_ns_per_msg),
+            paced_cpu_ns: med(&|r| r.paced_cpu_ns_per_msg),
+            p50_us: med(&|r| r.latency.p50_ns as f64 / 1e3),
+            p99_us: med(&|r| r.latency.p99_ns as f64 / 1e3),
+            max_us: runs
+                .iter()
+                .map(|r| r.latency.max_ns as f64 / 1e3)
+                .fold(0.0, f64::max),
+            latency_lost: runs.iter().map(|r| r.latency.lost).sum(),
+        }
+    }
+}
+
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,
