@@ -169,7 +169,6 @@ fn fingerprint(bytes: &[u8]) -> u64 {
 /// The sending half of a datagram channel, shared by every route that forwards to it. The socket
 /// appears once `run` has bound it; the destination can change while the show runs.
 pub struct DatagramOutput {
-    name: Arc<str>,
     socket: ArcSwapOption<DatagramSocket>,
     destination: ArcSwapOption<SocketAddr>,
     /// `format: raw`, read on every send.
@@ -180,7 +179,8 @@ pub struct DatagramOutput {
     settings: ArcSwap<DatagramSettings>,
     /// Set on channels whose own datagrams can come back to them.
     own: Option<Arc<OwnDatagrams>>,
-    /// Where sends are counted; shared with held sends (see `held`), counted when they go out.
+    /// The channel's name and where its sends are counted; shared with held sends (see `held`),
+    /// counted when they go out.
     account: Arc<SendAccount>,
 }
 
@@ -247,8 +247,7 @@ impl DatagramOutput {
             raw: AtomicBool::new(settings.format == Format::Raw),
             max_datagram: AtomicUsize::new(settings.max_datagram),
             settings: ArcSwap::from_pointee(settings),
-            account: Arc::new(SendAccount::new(name.clone(), metrics)),
-            name,
+            account: Arc::new(SendAccount::new(name, metrics)),
             own,
         }
     }
@@ -342,7 +341,7 @@ impl DatagramOutput {
 
 impl Output for DatagramOutput {
     fn name(&self) -> &str {
-        &self.name
+        &self.account.name
     }
 
     fn send(&self, packet: &[u8]) {
