@@ -433,59 +433,6 @@ fn start_patchbay_with(config: &Path, yaml: &str, cpu: Option<usize>) -> Relay {
     }
 }
 
-/// What one run of one relay measured.
-struct RelayRun {
-    sent: u64,
-    received: u64,
-    /// Received messages per second, first send to last receive.
-    msgs_per_sec: f64,
-    /// Relay thread CPU ns over the max-rate phase, divided by messages received.
-    cpu_ns_per_msg: f64,
-    /// Relay thread CPU ns over the latency phase (5,000 msg/s), per message received: every message
-    /// pays the relay's wake-up, as at a show's real rates.
-    paced_cpu_ns_per_msg: f64,
-    /// Relay thread CPU / wall time of the max-rate phase: 1.0 means the relay never waited.
-    relay_busy: f64,
-    /// Process CPU minus sender, sink and relay threads, per message: should be ~0 (nothing else works).
-    other_cpu_ns_per_msg: f64,
-    latency: Latency,
-    /// CPU used by other processes on the machine during the max-rate and latency phases, in cores:
-    /// this benchmark shares its machine with builds and tests, which skews what it measures.
-    neighbours_tput: f64,
-    neighbours_latency: f64,
-}
-
-impl RelayRun {
-    fn figures(&self) -> RunFigures<'_> {
-        RunFigures {
-            sent: self.sent,
-            received: self.received,
-            msgs_per_sec: self.msgs_per_sec,
-            cpu_ns_per_msg: self.cpu_ns_per_msg,
-            paced_cpu_ns_per_msg: self.paced_cpu_ns_per_msg,
-            latency: &self.latency,
-        }
-    }
-
-    fn one_line(&self) -> String {
-        format!(
-            "{:>9.0} msg/s  loss {:>5}  cpu {:>6.0} ns/msg (busy {:.2}, other {:.0} ns, paced {:.0} ns)  latency p50 {:.1} p99 {:.1} max {:.1} µs, loss {}  neighbours {:.2}/{:.2} cores",
-            self.msgs_per_sec,
-            self.sent - self.received,
-            self.cpu_ns_per_msg,
-            self.relay_busy,
-            self.other_cpu_ns_per_msg,
-            self.paced_cpu_ns_per_msg,
-            self.latency.p50_ns as f64 / 1e3,
-            self.latency.p99_ns as f64 / 1e3,
-            self.latency.max_ns as f64 / 1e3,
-            self.latency.lost,
-            self.neighbours_tput,
-            self.neighbours_latency,
-        )
-    }
-}
-
 /// One run: a fresh raw relay and a fresh patchbay, both up at once (the idle one costs nothing), fed
 /// alternately. The max-rate phase is cut into blocks sent through one relay then the other (ABBA),
 /// because this machine's speed drifts within seconds (other virtual machines, neighbours' builds):
@@ -531,15 +478,15 @@ fn measure_run(
             let sender_cpu = thread_cpu_ns() - sender0;
             let relay_cpu = relay.thread_cpu_ns() - relay0;
             let process_cpu = process_cpu_ns() - process0;
-            let a = &mut acc[i];
-            a.sent += block;
-            a.received += blasted.received;
-            a.relay_cpu_ns += relay_cpu;
-            a.wall_ns += blasted
-                .last_receive_ns
-                .saturating_sub(blasted.first_send_ns);
-            a.other_cpu_ns +=
-                process_cpu as f64 - (sender_cpu + relay_cpu + blasted.sink_cpu_ns) as f64;
+            acc[i].add_block(
+                block,
+                blasted.received,
+                blasted
+                    .last_receive_ns
+                    .saturating_sub(blasted.first_send_ns),
+                relay_cpu,
+                process_cpu as f64 - (sender_cpu + relay_cpu + blasted.sink_cpu_ns) as f64,
+            );
         }
     }
     let neighbours_tput = neighbours.cores();
@@ -575,43 +522,10 @@ fn measure_run(
 
     let [raw, patchbay] = acc;
     let [raw_paced, patchbay_paced] = paced_results.map(|r| r.expect("both relays measured"));
-    [
-        raw.result(raw_paced, neighbours_tput),
-        patchbay.result(patchbay_paced, neighbours_tput),
-    ]
-}
-
-/// One relay's sums over the blocks of a run.
-#[derive(Default)]
-struct Accumulated {
-    sent: u64,
-    received: u64,
-    relay_cpu_ns: u64,
-    wall_ns: u64,
-    other_cpu_ns: f64,
-}
-
-impl Accumulated {
-    fn result(
-        self,
-        (latency, paced_cpu, neighbours_latency): (Latency, u64, f64),
-        neighbours_tput: f64,
-    ) -> RelayRun {
-        let received = self.received.max(1) as f64;
-        let wall = self.wall_ns.max(1) as f64;
-        RelayRun {
-            sent: self.sent,
-            received: self.received,
-            msgs_per_sec: self.received as f64 * 1e9 / wall,
-            cpu_ns_per_msg: self.relay_cpu_ns as f64 / received,
-            paced_cpu_ns_per_msg: paced_cpu as f64 / latency.received.max(1) as f64,
-            relay_busy: self.relay_cpu_ns as f64 / wall,
-            other_cpu_ns_per_msg: self.other_cpu_ns / received,
-            latency,
-            neighbours_tput,
-            neighbours_latency,
-        }
-    }
+    let result = |acc: Accumulated, (latency, cpu, neighbours_latency)| {
+        acc.result(latency, cpu, neighbours_tput, Some(neighbours_latency))
+    };
+    [result(raw, raw_paced), result(patchbay, patchbay_paced)]
 }
 
 fn message(seq: u64) -> [u8; MESSAGE_LEN] {
@@ -1064,7 +978,7 @@ impl Report<'_> {
     }
 
     fn summary(&self, kind: Kind) -> Summary {
-        Summary::of(self.of(kind).map(RelayRun::figures))
+        Summary::of(self.of(kind))
     }
 
     /// The target's measure: median patchbay CPU/msg over median raw CPU/msg.
@@ -1215,7 +1129,7 @@ impl Report<'_> {
                 r.latency.max_ns as f64 / 1e3,
                 r.latency.lost,
                 r.neighbours_tput,
-                r.neighbours_latency,
+                r.neighbours_latency.unwrap_or_default(),
             );
         }
         debug_assert_eq!(self.runs.len(), 2 * per_kind);

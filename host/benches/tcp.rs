@@ -635,57 +635,6 @@ fn paced(sink: &SinkConn, sender: &mut TcpStream, rate: u64, secs: u64) -> Laten
 // ---------------------------------------------------------------------------------------------------
 // One run
 
-struct RelayRun {
-    sent: u64,
-    received: u64,
-    msgs_per_sec: f64,
-    cpu_ns_per_msg: f64,
-    paced_cpu_ns_per_msg: f64,
-    relay_busy: f64,
-    other_cpu_ns_per_msg: f64,
-    latency: Latency,
-    neighbours: f64,
-}
-
-impl RelayRun {
-    fn figures(&self) -> RunFigures<'_> {
-        RunFigures {
-            sent: self.sent,
-            received: self.received,
-            msgs_per_sec: self.msgs_per_sec,
-            cpu_ns_per_msg: self.cpu_ns_per_msg,
-            paced_cpu_ns_per_msg: self.paced_cpu_ns_per_msg,
-            latency: &self.latency,
-        }
-    }
-
-    fn one_line(&self) -> String {
-        format!(
-            "{:>9.0} msg/s  loss {:>5}  cpu {:>6.0} ns/msg (busy {:.2}, other {:.0} ns, paced {:.0} ns)  latency p50 {:.1} p99 {:.1} max {:.1} µs, loss {}  neighbours {:.2} cores",
-            self.msgs_per_sec,
-            self.sent - self.received,
-            self.cpu_ns_per_msg,
-            self.relay_busy,
-            self.other_cpu_ns_per_msg,
-            self.paced_cpu_ns_per_msg,
-            self.latency.p50_ns as f64 / 1e3,
-            self.latency.p99_ns as f64 / 1e3,
-            self.latency.max_ns as f64 / 1e3,
-            self.latency.lost,
-            self.neighbours,
-        )
-    }
-}
-
-#[derive(Default)]
-struct Accumulated {
-    sent: u64,
-    received: u64,
-    relay_cpu_ns: u64,
-    wall_ns: u64,
-    other_cpu_ns: f64,
-}
-
 /// One relay with its sink connection and the sender's connection to it.
 struct Wired {
     relay: Relay,
@@ -759,15 +708,15 @@ fn measure_run(
             let sender_cpu = thread_cpu_ns() - sender0;
             let relay_cpu = w.relay.thread_cpu_ns() - relay0;
             let process_cpu = process_cpu_ns() - process0;
-            let a = &mut acc[i];
-            a.sent += block;
-            a.received += blasted.received;
-            a.relay_cpu_ns += relay_cpu;
-            a.wall_ns += blasted
-                .last_receive_ns
-                .saturating_sub(blasted.first_send_ns);
-            a.other_cpu_ns +=
-                process_cpu as f64 - (sender_cpu + relay_cpu + blasted.sink_cpu_ns) as f64;
+            acc[i].add_block(
+                block,
+                blasted.received,
+                blasted
+                    .last_receive_ns
+                    .saturating_sub(blasted.first_send_ns),
+                relay_cpu,
+                process_cpu as f64 - (sender_cpu + relay_cpu + blasted.sink_cpu_ns) as f64,
+            );
         }
     }
     let neighbours = neighbours.cores();
@@ -798,26 +747,11 @@ fn measure_run(
         .iter()
         .zip(acc)
         .zip(paced_results)
-        .map(|((&kind, a), p)| (kind, a.result(p.expect("every relay measured"), neighbours)))
+        .map(|((&kind, a), p)| {
+            let (latency, cpu) = p.expect("every relay measured");
+            (kind, a.result(latency, cpu, neighbours, None))
+        })
         .collect()
-}
-
-impl Accumulated {
-    fn result(self, (latency, paced_cpu): (Latency, u64), neighbours: f64) -> RelayRun {
-        let received = self.received.max(1) as f64;
-        let wall = self.wall_ns.max(1) as f64;
-        RelayRun {
-            sent: self.sent,
-            received: self.received,
-            msgs_per_sec: self.received as f64 * 1e9 / wall,
-            cpu_ns_per_msg: self.relay_cpu_ns as f64 / received,
-            paced_cpu_ns_per_msg: paced_cpu as f64 / latency.received.max(1) as f64,
-            relay_busy: self.relay_cpu_ns as f64 / wall,
-            other_cpu_ns_per_msg: self.other_cpu_ns / received,
-            latency,
-            neighbours,
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1002,7 +936,7 @@ impl Report<'_> {
     }
 
     fn summary(&self, kind: Kind) -> Summary {
-        Summary::of(self.of(kind).map(RelayRun::figures))
+        Summary::of(self.of(kind))
     }
 
     fn paired_ratio(&self) -> f64 {
@@ -1145,7 +1079,7 @@ impl Report<'_> {
                 r.latency.p50_ns as f64 / 1e3,
                 r.latency.p99_ns as f64 / 1e3,
                 r.latency.max_ns as f64 / 1e3,
-                r.neighbours,
+                r.neighbours_tput,
             );
         }
         let i = self.idle;

@@ -153,14 +153,104 @@ impl Latency {
     }
 }
 
-/// What a summary reads of one relay's run (each benchmark's run has more).
-pub struct RunFigures<'a> {
+/// One relay's sums over the blocks of a run's max-rate phase.
+#[derive(Default)]
+pub struct Accumulated {
+    sent: u64,
+    received: u64,
+    relay_cpu_ns: u64,
+    wall_ns: u64,
+    other_cpu_ns: f64,
+}
+
+impl Accumulated {
+    /// Adds one block: `wall_ns` from its first send to its last receive, `other_cpu_ns` the process
+    /// CPU that was neither the sender's, the sink's nor the relay's.
+    pub fn add_block(
+        &mut self,
+        sent: u64,
+        received: u64,
+        wall_ns: u64,
+        relay_cpu_ns: u64,
+        other_cpu_ns: f64,
+    ) {
+        self.sent += sent;
+        self.received += received;
+        self.wall_ns += wall_ns;
+        self.relay_cpu_ns += relay_cpu_ns;
+        self.other_cpu_ns += other_cpu_ns;
+    }
+
+    /// The run's figures, with what its latency phase measured (`paced_cpu_ns`: the relay thread's
+    /// CPU over that phase) and how busy the neighbours were in each phase.
+    pub fn result(
+        self,
+        latency: Latency,
+        paced_cpu_ns: u64,
+        neighbours_tput: f64,
+        neighbours_latency: Option<f64>,
+    ) -> RelayRun {
+        let received = self.received.max(1) as f64;
+        let wall = self.wall_ns.max(1) as f64;
+        RelayRun {
+            sent: self.sent,
+            received: self.received,
+            msgs_per_sec: self.received as f64 * 1e9 / wall,
+            cpu_ns_per_msg: self.relay_cpu_ns as f64 / received,
+            paced_cpu_ns_per_msg: paced_cpu_ns as f64 / latency.received.max(1) as f64,
+            relay_busy: self.relay_cpu_ns as f64 / wall,
+            other_cpu_ns_per_msg: self.other_cpu_ns / received,
+            latency,
+            neighbours_tput,
+            neighbours_latency,
+        }
+    }
+}
+
+/// What one run of one relay measured.
+pub struct RelayRun {
     pub sent: u64,
     pub received: u64,
+    /// Received messages per second, first send to last receive.
     pub msgs_per_sec: f64,
+    /// Relay thread CPU ns over the max-rate phase, divided by messages received.
     pub cpu_ns_per_msg: f64,
+    /// Relay thread CPU ns over the latency phase, per message received: every message pays the
+    /// relay's wake-up, as at a show's real rates.
     pub paced_cpu_ns_per_msg: f64,
-    pub latency: &'a Latency,
+    /// Relay thread CPU / wall time of the max-rate phase: 1.0 means the relay never waited.
+    pub relay_busy: f64,
+    /// Process CPU minus sender, sink and relay threads, per message: should be ~0 (nothing else works).
+    pub other_cpu_ns_per_msg: f64,
+    pub latency: Latency,
+    /// CPU used by other processes on the machine during the max-rate phase (and the latency phase,
+    /// where a benchmark measures it), in cores: the benchmarks share their machine with builds and
+    /// tests, which skews what they measure.
+    pub neighbours_tput: f64,
+    pub neighbours_latency: Option<f64>,
+}
+
+impl RelayRun {
+    /// The run on one line, for the progress output.
+    pub fn one_line(&self) -> String {
+        let neighbours = match self.neighbours_latency {
+            Some(latency) => format!("{:.2}/{latency:.2}", self.neighbours_tput),
+            None => format!("{:.2}", self.neighbours_tput),
+        };
+        format!(
+            "{:>9.0} msg/s  loss {:>5}  cpu {:>6.0} ns/msg (busy {:.2}, other {:.0} ns, paced {:.0} ns)  latency p50 {:.1} p99 {:.1} max {:.1} µs, loss {}  neighbours {neighbours} cores",
+            self.msgs_per_sec,
+            self.sent - self.received,
+            self.cpu_ns_per_msg,
+            self.relay_busy,
+            self.other_cpu_ns_per_msg,
+            self.paced_cpu_ns_per_msg,
+            self.latency.p50_ns as f64 / 1e3,
+            self.latency.p99_ns as f64 / 1e3,
+            self.latency.max_ns as f64 / 1e3,
+            self.latency.lost,
+        )
+    }
 }
 
 /// One relay over all runs: medians, except loss (summed) and max latency (the worst run's).
@@ -177,9 +267,9 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of<'a>(runs: impl IntoIterator<Item = RunFigures<'a>>) -> Summary {
-        let runs: Vec<RunFigures> = runs.into_iter().collect();
-        let med = |f: &dyn Fn(&RunFigures) -> f64| median(runs.iter().map(f).collect());
+    pub fn of<'a>(runs: impl IntoIterator<Item = &'a RelayRun>) -> Summary {
+        let runs: Vec<&RelayRun> = runs.into_iter().collect();
+        let med = |f: &dyn Fn(&RelayRun) -> f64| median(runs.iter().map(|r| f(r)).collect());
         Summary {
             msgs_per_sec: med(&|r| r.msgs_per_sec),
             loss: runs.iter().map(|r| r.sent - r.received).sum(),
