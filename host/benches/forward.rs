@@ -471,21 +471,10 @@ fn measure_run(
         };
         for i in order {
             let relay = &relays[i];
-            let process0 = process_cpu_ns();
-            let relay0 = relay.thread_cpu_ns();
-            let sender0 = thread_cpu_ns();
-            let blasted = blast(&sink, &sender, relay.listen, block);
-            let sender_cpu = thread_cpu_ns() - sender0;
-            let relay_cpu = relay.thread_cpu_ns() - relay0;
-            let process_cpu = process_cpu_ns() - process0;
-            acc[i].add_block(
+            acc[i].measure_block(
                 block,
-                blasted.received,
-                blasted
-                    .last_receive_ns
-                    .saturating_sub(blasted.first_send_ns),
-                relay_cpu,
-                process_cpu as f64 - (sender_cpu + relay_cpu + blasted.sink_cpu_ns) as f64,
+                || relay.thread_cpu_ns(),
+                || blast(&sink, &sender, relay.listen, block),
             );
         }
     }
@@ -676,13 +665,6 @@ fn sequence_number(datagram: &[u8]) -> Option<u64> {
         }
         _ => None,
     }
-}
-
-struct Blasted {
-    received: u64,
-    first_send_ns: u64,
-    last_receive_ns: u64,
-    sink_cpu_ns: u64,
 }
 
 /// Sends `n` messages as fast as the relay takes them: at most `WINDOW` in flight (sent, not yet at the
@@ -1115,18 +1097,10 @@ impl Report<'_> {
         for (i, (kind, r)) in self.runs.iter().enumerate() {
             let _ = writeln!(
                 t,
-                "| {} | {} | {:.0} | {} | {:.0} ns | {:.2} | {:.0} ns | {:.0} ns | {:.1} µs | {:.1} µs | {:.1} µs | {} | {:.2} / {:.2} |",
+                "| {} | {} | {} | {} | {:.2} / {:.2} |",
                 i / 2 + 1,
                 kind.name(),
-                r.msgs_per_sec,
-                r.sent - r.received,
-                r.cpu_ns_per_msg,
-                r.relay_busy,
-                r.other_cpu_ns_per_msg,
-                r.paced_cpu_ns_per_msg,
-                r.latency.p50_ns as f64 / 1e3,
-                r.latency.p99_ns as f64 / 1e3,
-                r.latency.max_ns as f64 / 1e3,
+                r.table_cells(),
                 r.latency.lost,
                 r.neighbours_tput,
                 r.neighbours_latency.unwrap_or_default(),

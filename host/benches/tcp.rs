@@ -539,13 +539,6 @@ impl SinkConn {
     }
 }
 
-struct Blasted {
-    received: u64,
-    first_send_ns: u64,
-    last_receive_ns: u64,
-    sink_cpu_ns: u64,
-}
-
 /// Sends `n` messages as fast as the relay takes them, at most `WINDOW` in flight, up to `SEND_BATCH`
 /// frames per write; the sender sleeps 20 µs when the window is full. In-flight messages are written
 /// off as lost when nothing arrives for 1 s (TCP loses nothing; a relay that drops would stall us).
@@ -701,21 +694,10 @@ fn measure_run(
         };
         for &i in order {
             let w = &mut relays[i];
-            let process0 = process_cpu_ns();
-            let relay0 = w.relay.thread_cpu_ns();
-            let sender0 = thread_cpu_ns();
-            let blasted = blast(&w.sink, &mut w.sender, block);
-            let sender_cpu = thread_cpu_ns() - sender0;
-            let relay_cpu = w.relay.thread_cpu_ns() - relay0;
-            let process_cpu = process_cpu_ns() - process0;
-            acc[i].add_block(
+            acc[i].measure_block(
                 block,
-                blasted.received,
-                blasted
-                    .last_receive_ns
-                    .saturating_sub(blasted.first_send_ns),
-                relay_cpu,
-                process_cpu as f64 - (sender_cpu + relay_cpu + blasted.sink_cpu_ns) as f64,
+                || w.relay.thread_cpu_ns(),
+                || blast(&w.sink, &mut w.sender, block),
             );
         }
     }
@@ -1067,18 +1049,10 @@ impl Report<'_> {
         for (n, (kind, r)) in self.runs.iter().enumerate() {
             let _ = writeln!(
                 t,
-                "| {} | {} | {:.0} | {} | {:.0} ns | {:.2} | {:.0} ns | {:.0} ns | {:.1} µs | {:.1} µs | {:.1} µs | {:.2} |",
+                "| {} | {} | {} | {:.2} |",
                 n / 2 + 1,
                 kind.name(),
-                r.msgs_per_sec,
-                r.sent - r.received,
-                r.cpu_ns_per_msg,
-                r.relay_busy,
-                r.other_cpu_ns_per_msg,
-                r.paced_cpu_ns_per_msg,
-                r.latency.p50_ns as f64 / 1e3,
-                r.latency.p99_ns as f64 / 1e3,
-                r.latency.max_ns as f64 / 1e3,
+                r.table_cells(),
                 r.neighbours_tput,
             );
         }

@@ -163,22 +163,40 @@ pub struct Accumulated {
     other_cpu_ns: f64,
 }
 
+/// What sending one block through a relay saw at the sink.
+pub struct Blasted {
+    pub received: u64,
+    pub first_send_ns: u64,
+    pub last_receive_ns: u64,
+    pub sink_cpu_ns: u64,
+}
+
 impl Accumulated {
-    /// Adds one block: `wall_ns` from its first send to its last receive, `other_cpu_ns` the process
-    /// CPU that was neither the sender's, the sink's nor the relay's.
-    pub fn add_block(
+    /// Sends one block of `sent` messages with `blast` (on this thread) and adds what it cost: the
+    /// relay thread's CPU (`relay_cpu_ns`, read before and after), the wall time from the first send
+    /// to the last receive, and the process CPU that was neither the sender's, the sink's nor the
+    /// relay's.
+    pub fn measure_block(
         &mut self,
         sent: u64,
-        received: u64,
-        wall_ns: u64,
-        relay_cpu_ns: u64,
-        other_cpu_ns: f64,
+        relay_cpu_ns: impl Fn() -> u64,
+        blast: impl FnOnce() -> Blasted,
     ) {
+        let process0 = process_cpu_ns();
+        let relay0 = relay_cpu_ns();
+        let sender0 = thread_cpu_ns();
+        let blasted = blast();
+        let sender_cpu = thread_cpu_ns() - sender0;
+        let relay_cpu = relay_cpu_ns() - relay0;
+        let process_cpu = process_cpu_ns() - process0;
         self.sent += sent;
-        self.received += received;
-        self.wall_ns += wall_ns;
-        self.relay_cpu_ns += relay_cpu_ns;
-        self.other_cpu_ns += other_cpu_ns;
+        self.received += blasted.received;
+        self.wall_ns += blasted
+            .last_receive_ns
+            .saturating_sub(blasted.first_send_ns);
+        self.relay_cpu_ns += relay_cpu;
+        self.other_cpu_ns +=
+            process_cpu as f64 - (sender_cpu + relay_cpu + blasted.sink_cpu_ns) as f64;
     }
 
     /// The run's figures, with what its latency phase measured (`paced_cpu_ns`: the relay thread's
@@ -231,6 +249,23 @@ pub struct RelayRun {
 }
 
 impl RelayRun {
+    /// The run's cells of a markdown table: msg/s, loss, CPU/msg, busy, other CPU/msg, paced CPU/msg,
+    /// latency p50, p99 and max (each benchmark adds its own columns after these).
+    pub fn table_cells(&self) -> String {
+        format!(
+            "{:.0} | {} | {:.0} ns | {:.2} | {:.0} ns | {:.0} ns | {:.1} µs | {:.1} µs | {:.1} µs",
+            self.msgs_per_sec,
+            self.sent - self.received,
+            self.cpu_ns_per_msg,
+            self.relay_busy,
+            self.other_cpu_ns_per_msg,
+            self.paced_cpu_ns_per_msg,
+            self.latency.p50_ns as f64 / 1e3,
+            self.latency.p99_ns as f64 / 1e3,
+            self.latency.max_ns as f64 / 1e3,
+        )
+    }
+
     /// The run on one line, for the progress output.
     pub fn one_line(&self) -> String {
         let neighbours = match self.neighbours_latency {
